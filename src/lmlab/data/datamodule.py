@@ -1,0 +1,73 @@
+"""The one LightningDataModule: a source's canonical columns, preprocessed by the objective,
+cached on disk by a fingerprint of source + tokenizer + objective settings."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader
+
+
+class DataModule(pl.LightningDataModule):
+    def __init__(self, raw, fingerprint: str, objective, data_cfg, cache_dir: str | Path):
+        """`raw`: DatasetDict of canonical columns; `fingerprint`: identifies raw's content."""
+        super().__init__()
+        self.raw = raw
+        self.objective = objective
+        self.cfg = data_cfg
+        self.cache_dir = Path(cache_dir).expanduser() / "datasets"
+        self.source_fingerprint = fingerprint
+        self.splits: dict = {}
+
+    def cache_key(self) -> str:
+        tok = self.objective.tokenizer
+        parts = {
+            "source": self.source_fingerprint,
+            "tokenizer": hashlib.sha1(tok.backend_tokenizer.to_str().encode()).hexdigest(),
+            "objective": self.objective.fingerprint(),
+        }
+        return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def prepare_data(self) -> None:
+        """Tokenizes every split once; later runs with the same inputs load the cache."""
+        self.splits = {name: self._cached(name) for name in self.raw}
+
+    def setup(self, stage: str | None = None) -> None:
+        if not self.splits:
+            self.prepare_data()
+
+    def _cached(self, split: str):
+        import datasets
+
+        path = self.cache_dir / self.cache_key() / split
+        if not path.is_dir():
+            processed = self.objective.preprocess(self.raw[split], split)
+            tmp = path.with_name(split + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            processed.save_to_disk(str(tmp))
+            tmp.rename(path)  # complete or absent, never half-written
+        return datasets.load_from_disk(str(path))
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        size = self.cfg.batch_size if shuffle else (self.cfg.eval_batch_size or self.cfg.batch_size)
+        return DataLoader(
+            self.splits[split],
+            batch_size=size,
+            shuffle=shuffle,
+            collate_fn=self.objective.collate,
+            num_workers=self.cfg.num_workers,
+            persistent_workers=self.cfg.num_workers > 0,
+        )
+
+    def train_dataloader(self):
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self):
+        return self._loader("validation", shuffle=False)
+
+    def test_dataloader(self):
+        return self._loader("test" if "test" in self.splits else "validation", shuffle=False)

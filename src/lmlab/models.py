@@ -1,0 +1,29 @@
+"""Backbones: a Hugging Face model built from scratch (config overrides) or from_pretrained."""
+
+from __future__ import annotations
+
+from lmlab.errors import LmlabError
+
+
+def build(model_cfg, head: str, tokenizer, extra: dict | None = None):
+    """The `head` Auto class (e.g. AutoModelForMaskedLM) for `model_cfg`."""
+    import transformers
+
+    auto = getattr(transformers, head)
+    settings = {**dict(model_cfg.config), **(extra or {})}
+    if model_cfg.name_or_path:
+        config = transformers.AutoConfig.from_pretrained(model_cfg.name_or_path, **settings)
+        return auto.from_pretrained(model_cfg.name_or_path, config=config)
+    specials = {
+        "vocab_size": len(tokenizer),
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
+    try:
+        config = transformers.AutoConfig.for_model(
+            model_cfg.model_type, **{k: v for k, v in specials.items() if v is not None}, **settings
+        )
+        return auto.from_config(config)
+    except ValueError as e:
+        raise LmlabError(f"model: cannot build a {head} for model_type '{model_cfg.model_type}': {e}") from e

@@ -1,0 +1,115 @@
+"""The objective contract: everything that differs between tasks, and nothing else.
+
+An objective names its model head (a transformers Auto class), turns canonical columns
+into model inputs (`preprocess`, batched and cacheable), batches them (`collate`), and
+computes the loss and metrics of one batch (`step`). Adding a task means one subclass plus
+one YAML file under conf/objective/ (with its schema in lmlab.config).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from lmlab.errors import LmlabError
+
+Metrics = dict[str, tuple[torch.Tensor, float]]  # name -> (mean over the batch, weight)
+
+
+class Objective:
+    head: str = "AutoModel"  # the transformers Auto class that builds the model
+    required_columns: tuple[str, ...] = ("text",)
+    metric_names: tuple[str, ...] = ("loss",)
+
+    def __init__(self, cfg, tokenizer, max_length: int, seed: int = 0):
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.seed = seed
+
+    # -- data
+    def preprocess(self, dataset, split: str):
+        """Canonical columns -> model-ready columns. Deterministic for a given seed."""
+        raise NotImplementedError
+
+    def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def fingerprint(self) -> dict:
+        """Everything `preprocess` depends on besides the data and the tokenizer."""
+        return {"objective": type(self).__name__, "max_length": self.max_length, "seed": self.seed}
+
+    # -- model
+    def model_config(self) -> dict:
+        """Extra settings for the Hugging Face config (e.g. the number of labels)."""
+        return {}
+
+    def step(self, model, batch: dict[str, torch.Tensor]) -> Metrics:
+        """Loss and metrics of one batch; "loss" is the one optimised."""
+        raise NotImplementedError
+
+    def epoch_metrics(self, means: dict[str, float]) -> dict[str, float]:
+        """Metrics derived from the epoch means (e.g. perplexity from the loss)."""
+        return {}
+
+    def finish(self, model, run_dir) -> dict:
+        """After training: task-specific outputs (e.g. a generated sample)."""
+        return {}
+
+    # -- helpers shared by objectives
+    def check_columns(self, dataset) -> None:
+        missing = [c for c in self.required_columns if c not in dataset.column_names]
+        if missing:
+            raise LmlabError(
+                f"data.columns.{missing[0]}: the data has no '{missing[0]}' column "
+                f"(columns: {', '.join(dataset.column_names)}); map one onto it"
+            )
+
+    def pad(self, features: list[dict], keys: dict[str, int]) -> dict[str, torch.Tensor]:
+        """Right-pads the listed keys (key -> pad value) and adds the attention mask."""
+        length = max(len(f["input_ids"]) for f in features)
+        batch = {
+            key: torch.tensor([f[key] + [value] * (length - len(f[key])) for f in features])
+            for key, value in keys.items()
+        }
+        batch["attention_mask"] = torch.tensor(
+            [[1] * len(f["input_ids"]) + [0] * (length - len(f["input_ids"])) for f in features]
+        )
+        return batch
+
+
+def pack(dataset, tokenizer, block_size: int, separator_id: int, wrap=lambda ids: ids):
+    """Tokenizes documents and packs them, a separator after each, into full blocks of
+    `block_size` tokens (no padding); `wrap` adds per-block specials such as [CLS] ... [SEP]."""
+    if block_size < 2:
+        raise LmlabError(f"data.max_length: {block_size} leaves no room for text")
+
+    def pack_batch(batch):
+        stream: list[int] = []
+        for ids in tokenizer(batch["text"], add_special_tokens=False)["input_ids"]:
+            if ids:
+                stream += ids + [separator_id]
+        n = len(stream) // block_size * block_size  # the tail of each batch is dropped
+        return {"input_ids": [wrap(stream[i : i + block_size]) for i in range(0, n, block_size)]}
+
+    packed = dataset.map(pack_batch, batched=True, batch_size=2000, remove_columns=dataset.column_names)
+    if len(packed) == 0:
+        raise LmlabError(
+            f"data.max_length: the corpus yields no full block of {block_size} tokens; "
+            "use a smaller max_length or more text"
+        )
+    return packed
+
+
+def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """Mean cross entropy and accuracy over rows; zero (not NaN) when there are no rows."""
+    n = labels.numel()
+    loss = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum") / max(n, 1)
+    accuracy = (logits.argmax(-1) == labels).float().sum() / max(n, 1)
+    return loss, accuracy
+
+
+def perplexity(loss: float) -> float:
+    return math.exp(min(loss, 50.0))

@@ -1,0 +1,113 @@
+"""Masked language modelling (BERT): fresh masks in every batch, 80/10/10 replacement,
+optional whole-word masking, and the vocabulary projection computed only at the masked
+positions (sparse prediction)."""
+
+from __future__ import annotations
+
+import torch
+
+from lmlab.errors import LmlabError
+from lmlab.objectives.base import Metrics, Objective, masked_cross_entropy, pack, perplexity
+
+
+def mask_tokens(
+    input_ids: torch.Tensor,
+    special: torch.Tensor,
+    *,
+    mask_id: int,
+    vocab_size: int,
+    probability: float,
+    mask_replace_prob: float = 0.8,
+    random_replace_prob: float = 0.1,
+    word_starts: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns (masked inputs, labels): labels hold the original token at chosen positions
+    and -100 elsewhere. `special` positions are never chosen. With `word_starts`, every piece
+    of a word shares the draw of its first piece, so words are masked whole."""
+    draw = torch.rand(input_ids.shape)
+    if word_starts is not None:
+        positions = torch.arange(input_ids.shape[1]).expand_as(input_ids)
+        start_of_word = torch.where(word_starts, positions, 0).cummax(dim=1).values
+        draw = draw.gather(1, start_of_word)
+    chosen = (draw < probability) & ~special
+    labels = torch.where(chosen, input_ids, -100)
+    how = torch.rand(input_ids.shape)
+    to_mask = chosen & (how < mask_replace_prob)
+    to_random = chosen & ~to_mask & (how < mask_replace_prob + random_replace_prob)
+    inputs = input_ids.clone()
+    inputs[to_mask] = mask_id
+    inputs[to_random] = torch.randint(vocab_size, (int(to_random.sum()),))
+    return inputs, labels
+
+
+def split_mlm_head(model):
+    """(encoder, head mapping hidden states to vocabulary logits) of a masked-LM model."""
+    encoder = model.base_model
+    heads = [m for _, m in model.named_children() if m is not encoder]
+    if len(heads) != 1:
+        raise LmlabError(f"model: cannot find the MLM head of {type(model).__name__}")
+    return encoder, getattr(heads[0], "predictions", heads[0])  # BertForPreTraining: cls.predictions
+
+
+class MaskedLM(Objective):
+    head = "AutoModelForMaskedLM"
+    metric_names = ("loss", "accuracy")
+
+    def __init__(self, cfg, tokenizer, max_length: int, seed: int = 0):
+        super().__init__(cfg, tokenizer, max_length, seed)
+        if tokenizer.mask_token_id is None:
+            raise LmlabError("objective: MLM needs a tokenizer with a mask token (a BERT-style model)")
+        vocab = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+        # WordPiece marks a word's later pieces with '##'.
+        self.continuation = torch.tensor([t is not None and t.startswith("##") for t in vocab])
+        self.special_ids = torch.tensor(sorted(set(tokenizer.all_special_ids)))
+
+    def preprocess(self, dataset, split: str):
+        self.check_columns(dataset)
+        tok = self.tokenizer
+        return pack(
+            dataset,
+            tok,
+            self.max_length - 2,
+            tok.sep_token_id,
+            wrap=lambda ids: [tok.cls_token_id, *ids, tok.sep_token_id],
+        )
+
+    def collate(self, features):
+        batch = self.pad(features, {"input_ids": self.tokenizer.pad_token_id})
+        batch["input_ids"], batch["labels"] = self.mask(batch["input_ids"])
+        return batch
+
+    def mask(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        special = torch.isin(input_ids, self.special_ids)
+        word_starts = ~self.continuation[input_ids] | special if self.cfg.whole_word_mask else None
+        return mask_tokens(
+            input_ids,
+            special,
+            mask_id=self.tokenizer.mask_token_id,
+            vocab_size=len(self.tokenizer),
+            probability=self.cfg.mlm_probability,
+            mask_replace_prob=self.cfg.mask_replace_prob,
+            random_replace_prob=self.cfg.random_replace_prob,
+            word_starts=word_starts,
+        )
+
+    def mlm_loss(self, model, batch) -> tuple[torch.Tensor, torch.Tensor, int, object]:
+        """Encoder over all positions; vocabulary logits only where labels are set."""
+        encoder, head = split_mlm_head(model)
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+        out = encoder(**inputs)
+        chosen = batch["labels"] != -100
+        logits = head(out.last_hidden_state[chosen])
+        loss, accuracy = masked_cross_entropy(logits, batch["labels"][chosen])
+        return loss, accuracy, int(chosen.sum()), out
+
+    def step(self, model, batch) -> Metrics:
+        loss, accuracy, n, _ = self.mlm_loss(model, batch)
+        return {"loss": (loss, n), "accuracy": (accuracy, n)}
+
+    def epoch_metrics(self, means):
+        return {"perplexity": perplexity(means["loss"])}
+
+    def fingerprint(self):
+        return {**super().fingerprint(), "packing": "cls-block-sep"}
