@@ -1,8 +1,8 @@
 """From a config to objects, and the training run itself: usable from Python without Hydra.
 
-    from lmlab.build import compose, train
-    cfg = compose(["experiment=quickstart", "trainer.max_steps=20"], run_dir="outputs/try")
-    metrics = train(cfg)
+from lmlab.build import compose, train
+cfg = compose(["experiment=quickstart", "trainer.max_steps=20"], run_dir="outputs/try")
+metrics = train(cfg)
 """
 
 from __future__ import annotations
@@ -29,7 +29,9 @@ class Experiment:
     datamodule: Any  # lmlab.data.datamodule.DataModule
 
 
-def compose(overrides: list[str] = (), run_dir: str | None = None, config_name: str = "train") -> DictConfig:
+def compose(
+    overrides: list[str] = (), run_dir: str | None = None, config_name: str = "train"
+) -> DictConfig:
     """The config `lmlab-train <overrides>` would run, composed without the CLI."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
@@ -64,10 +66,14 @@ def build(cfg: DictConfig) -> Experiment:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     raw, fingerprint = load_source(cfg.data, cfg.seed)
     tokenizer = tokenizers.build(
-        cfg.model, (t for t in raw["train"]["text"]) if "text" in raw["train"].column_names else [],
-        fingerprint, cfg.paths.cache_dir,
+        cfg.model,
+        (t for t in raw["train"]["text"]) if "text" in raw["train"].column_names else [],
+        fingerprint,
+        cfg.paths.cache_dir,
     )
-    objective = get_class(cfg.objective._target_)(cfg.objective, tokenizer, cfg.data.max_length, cfg.seed)
+    objective = get_class(cfg.objective._target_)(
+        cfg.objective, tokenizer, cfg.data.max_length, cfg.seed
+    )
     model = models.build(cfg.model, objective.head, tokenizer, objective.model_config())
     plain = OmegaConf.to_container(cfg)
     return Experiment(
@@ -105,7 +111,9 @@ def make_trainer(cfg: DictConfig):
         "deterministic": t.deterministic,
         "default_root_dir": cfg.paths.run_dir,
     }
-    settings = {k: v for k, v in settings.items() if v is not None or k == "check_val_every_n_epoch"}
+    settings = {
+        k: v for k, v in settings.items() if v is not None or k == "check_val_every_n_epoch"
+    }
     loggers = [instantiate(c) for c in (cfg.logger or {}).values() if c]
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c]
     return pl.Trainer(**settings, logger=loggers or False, callbacks=callbacks, **t.kwargs)
@@ -125,7 +133,8 @@ def resume_checkpoint(cfg: DictConfig) -> str | None:
 
 def train(cfg: DictConfig) -> dict:
     """Fit, validate (and test), export; returns the final metrics (also in metrics.json)."""
-    from lmlab.export import save_pretrained, write_json
+    from lmlab.export import save_pretrained
+    from lmlab.fileutil import write_json
 
     run_dir = Path(cfg.paths.run_dir)
     exp = build(cfg)
@@ -140,7 +149,9 @@ def train(cfg: DictConfig) -> dict:
     metrics = trainer.validate(exp.module, datamodule=exp.datamodule, verbose=False)[0]
     if cfg.test:
         metrics |= trainer.test(exp.module, datamodule=exp.datamodule, verbose=False)[0]
-    metrics = {k: v for k, v in metrics.items() if math.isfinite(v)} | {"global_step": trainer.global_step}
+    metrics = {k: v for k, v in metrics.items() if math.isfinite(v)} | {
+        "global_step": trainer.global_step
+    }
     if trainer.is_global_zero:
         if cfg.export:
             metrics["export"] = str(save_pretrained(exp.model, exp.tokenizer, run_dir))

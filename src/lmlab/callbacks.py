@@ -34,7 +34,9 @@ class LineProgress(ProgressBar):
     @staticmethod
     def _format(metrics: dict, prefix: str) -> str:
         return "  ".join(
-            f"{k}={float(v):.4g}" for k, v in metrics.items() if k.startswith(prefix) and k != "v_num"
+            f"{k}={float(v):.4g}"
+            for k, v in metrics.items()
+            if k.startswith(prefix) and k != "v_num"
         )
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):

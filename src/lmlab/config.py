@@ -58,7 +58,9 @@ class ObjectiveConfig:
     lr: float = 5e-4
     weight_decay: float = 0.01
     warmup_ratio: float = 0.05
-    scheduler: str = "linear"  # any transformers.get_scheduler name: linear, cosine, constant_with_warmup
+    scheduler: str = (
+        "linear"  # any transformers.get_scheduler name: linear, cosine, constant_with_warmup
+    )
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
 
@@ -199,7 +201,11 @@ def _sweep_uid() -> str:
 
 
 def register_resolvers() -> None:
-    resolvers = [("package_model", _package_model), ("lmlab_run_dir", _run_dir), ("lmlab_uid", _sweep_uid)]
+    resolvers = [
+        ("package_model", _package_model),
+        ("lmlab_run_dir", _run_dir),
+        ("lmlab_uid", _sweep_uid),
+    ]
     for name, fn in resolvers:
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)

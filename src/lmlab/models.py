@@ -26,4 +26,6 @@ def build(model_cfg, head: str, tokenizer, extra: dict | None = None):
         )
         return auto.from_config(config)
     except ValueError as e:
-        raise LmlabError(f"model: cannot build a {head} for model_type '{model_cfg.model_type}': {e}") from e
+        raise LmlabError(
+            f"model: cannot build a {head} for model_type '{model_cfg.model_type}': {e}"
+        ) from e

@@ -64,7 +64,10 @@ class TaskModule(pl.LightningModule):
 
         params = [p for p in self.model.parameters() if p.requires_grad]
         groups = [
-            {"params": [p for p in params if p.ndim >= 2], "weight_decay": self.optim["weight_decay"]},
+            {
+                "params": [p for p in params if p.ndim >= 2],
+                "weight_decay": self.optim["weight_decay"],
+            },
             {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
         ]
         optimizer = torch.optim.AdamW(
@@ -77,4 +80,7 @@ class TaskModule(pl.LightningModule):
             num_warmup_steps=int(self.optim["warmup_ratio"] * total),
             num_training_steps=total,
         )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }

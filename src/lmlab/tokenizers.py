@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from lmlab.errors import LmlabError
+from lmlab.fileutil import write_dir
 
 BERT_SPECIALS = {
     "pad_token": "[PAD]",
@@ -18,7 +19,11 @@ BERT_SPECIALS = {
     "sep_token": "[SEP]",
     "mask_token": "[MASK]",
 }
-GPT_SPECIALS = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}
+GPT_SPECIALS = {
+    "bos_token": "<|endoftext|>",
+    "eos_token": "<|endoftext|>",
+    "unk_token": "<|endoftext|>",
+}
 
 
 def build(model_cfg, texts: Iterable[str], corpus_fingerprint: str, cache_dir: str | Path):
@@ -39,7 +44,8 @@ def build(model_cfg, texts: Iterable[str], corpus_fingerprint: str, cache_dir: s
         key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
         path = Path(cache_dir).expanduser() / "tokenizers" / key
         if not (path / "tokenizer.json").is_file():
-            _save_atomically(train(texts, **{k: v for k, v in settings.items() if k != "corpus"}), path)
+            trained = train(texts, **{k: v for k, v in settings.items() if k != "corpus"})
+            write_dir(path, trained.save_pretrained)
         tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:  # GPT-style: pad with end-of-text; padding is masked anyway
         tokenizer.pad_token = tokenizer.eos_token
@@ -50,9 +56,19 @@ def _kind(model_type: str) -> str:
     return "wordpiece" if model_type in ("bert", "distilbert", "electra") else "bpe"
 
 
-def train(texts: Iterable[str], kind: str, vocab_size: int, min_frequency: int = 2, lowercase: bool = True):
+def train(
+    texts: Iterable[str], kind: str, vocab_size: int, min_frequency: int = 2, lowercase: bool = True
+):
     """Trains a WordPiece (BERT) or byte-level BPE (GPT-2) tokenizer on `texts`."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     if kind == "wordpiece":
@@ -93,11 +109,3 @@ def train(texts: Iterable[str], kind: str, vocab_size: int, min_frequency: int =
         )
     names = ["input_ids", "attention_mask"] + (["token_type_ids"] if kind == "wordpiece" else [])
     return PreTrainedTokenizerFast(tokenizer_object=tok, model_input_names=names, **specials)
-
-
-def _save_atomically(tokenizer, path: Path) -> None:
-    """Write beside, then rename: a killed run never leaves a half-written cache entry."""
-    tmp = path.with_name(path.name + ".tmp")
-    tokenizer.save_pretrained(tmp)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp.rename(path)

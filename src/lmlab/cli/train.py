@@ -21,11 +21,11 @@ def expand_data_path(args: list[str]) -> list[str]:
     out = []
     for arg in args:
         key, _, value = arg.partition("=")
-        if key == "data" and value and not (config_dir() / "data" / f"{value}.yaml").exists():
-            if Path(value).exists() or any(c in value for c in "*?/"):
-                out += ["data=files", f"data.train={value}"]
-                continue
-        out.append(arg)
+        is_preset = (config_dir() / "data" / f"{value}.yaml").exists()
+        if key == "data" and not is_preset and (Path(value).exists() or set("*?/") & set(value)):
+            out += ["data=files", f"data.train={value}"]
+        else:
+            out.append(arg)
     return out
 
 

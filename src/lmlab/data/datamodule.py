@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader
+
+from lmlab.fileutil import write_dir
 
 
 class DataModule(pl.LightningDataModule):
@@ -30,7 +31,9 @@ class DataModule(pl.LightningDataModule):
             "tokenizer": hashlib.sha1(tok.backend_tokenizer.to_str().encode()).hexdigest(),
             "objective": self.objective.fingerprint(),
         }
-        return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[
+            :16
+        ]
 
     def prepare_data(self) -> None:
         """Tokenizes every split once; later runs with the same inputs load the cache."""
@@ -46,10 +49,7 @@ class DataModule(pl.LightningDataModule):
         path = self.cache_dir / self.cache_key() / split
         if not path.is_dir():
             processed = self.objective.preprocess(self.raw[split], split)
-            tmp = path.with_name(split + ".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            processed.save_to_disk(str(tmp))
-            tmp.rename(path)  # complete or absent, never half-written
+            write_dir(path, lambda tmp: processed.save_to_disk(str(tmp)))
         return datasets.load_from_disk(str(path))
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:

@@ -94,7 +94,9 @@ def pack(dataset, tokenizer, block_size: int, separator_id: int, wrap=lambda ids
         n = len(stream) // block_size * block_size  # the tail of each batch is dropped
         return {"input_ids": [wrap(stream[i : i + block_size]) for i in range(0, n, block_size)]}
 
-    packed = dataset.map(pack_batch, batched=True, batch_size=2000, remove_columns=dataset.column_names)
+    packed = dataset.map(
+        pack_batch, batched=True, batch_size=2000, remove_columns=dataset.column_names
+    )
     if len(packed) == 0:
         raise LmlabError(
             f"data.max_length: the corpus yields no full block of {block_size} tokens; "

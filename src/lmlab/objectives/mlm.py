@@ -40,13 +40,16 @@ def mask_tokens(
     return inputs, labels
 
 
-def split_mlm_head(model):
-    """(encoder, head mapping hidden states to vocabulary logits) of a masked-LM model."""
+def mlm_head(model):
+    """(encoder, head mapping hidden states to vocabulary logits) of a masked-LM model whose
+    head is one module (BERT, RoBERTa, ...); None for other layouts, which then run in full."""
     encoder = model.base_model
     heads = [m for _, m in model.named_children() if m is not encoder]
     if len(heads) != 1:
-        raise LmlabError(f"model: cannot find the MLM head of {type(model).__name__}")
-    return encoder, getattr(heads[0], "predictions", heads[0])  # BertForPreTraining: cls.predictions
+        return None
+    return encoder, getattr(
+        heads[0], "predictions", heads[0]
+    )  # BertForPreTraining: cls.predictions
 
 
 class MaskedLM(Objective):
@@ -56,7 +59,9 @@ class MaskedLM(Objective):
     def __init__(self, cfg, tokenizer, max_length: int, seed: int = 0):
         super().__init__(cfg, tokenizer, max_length, seed)
         if tokenizer.mask_token_id is None:
-            raise LmlabError("objective: MLM needs a tokenizer with a mask token (a BERT-style model)")
+            raise LmlabError(
+                "objective: MLM needs a tokenizer with a mask token (a BERT-style model)"
+            )
         vocab = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
         # WordPiece marks a word's later pieces with '##'.
         self.continuation = torch.tensor([t is not None and t.startswith("##") for t in vocab])
@@ -94,11 +99,17 @@ class MaskedLM(Objective):
 
     def mlm_loss(self, model, batch) -> tuple[torch.Tensor, torch.Tensor, int, object]:
         """Encoder over all positions; vocabulary logits only where labels are set."""
-        encoder, head = split_mlm_head(model)
-        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
-        out = encoder(**inputs)
+        inputs = {
+            k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch
+        }
         chosen = batch["labels"] != -100
-        logits = head(out.last_hidden_state[chosen])
+        split = mlm_head(model)
+        if split:
+            out = split[0](**inputs)
+            logits = split[1](out.last_hidden_state[chosen])
+        else:
+            out = model(**inputs)
+            logits = out.logits[chosen]
         loss, accuracy = masked_cross_entropy(logits, batch["labels"][chosen])
         return loss, accuracy, int(chosen.sum()), out
 

@@ -17,10 +17,15 @@ IS_NEXT, IS_RANDOM = 0, 1  # Hugging Face's next_sentence_label convention
 
 
 def make_pairs(
-    documents: list[list[list[int]]], max_tokens: int, rng: random.Random, short_seq_prob: float = 0.1
+    documents: list[list[list[int]]],
+    max_tokens: int,
+    rng: random.Random,
+    short_seq_prob: float = 0.1,
 ) -> list[tuple[list[int], list[int], int]]:
     """BERT's pair construction over tokenized documents (lists of sentences of ids).
     Returns (segment A, segment B, label) with len(A) + len(B) <= max_tokens."""
+    if max_tokens < 2:
+        raise LmlabError(f"data.max_length: {max_tokens + 3} leaves no room for two segments")
     if len(documents) < 2:
         raise LmlabError("data.train: next-sentence prediction needs at least 2 documents")
     pairs = []
