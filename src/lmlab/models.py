@@ -12,8 +12,14 @@ def build(model_cfg, head: str, tokenizer, extra: dict | None = None):
     auto = getattr(transformers, head)
     settings = {**dict(model_cfg.config), **(extra or {})}
     if model_cfg.name_or_path:
-        config = transformers.AutoConfig.from_pretrained(model_cfg.name_or_path, **settings)
-        return auto.from_pretrained(model_cfg.name_or_path, config=config)
+        try:
+            config = transformers.AutoConfig.from_pretrained(model_cfg.name_or_path, **settings)
+            return auto.from_pretrained(model_cfg.name_or_path, config=config)
+        except (OSError, ValueError, RuntimeError) as e:
+            reason = str(e).strip().splitlines()[0]
+            raise LmlabError(
+                f"model.name_or_path: cannot load '{model_cfg.name_or_path}' as {head}: {reason}"
+            ) from None
     specials = {
         "vocab_size": len(tokenizer),
         "pad_token_id": tokenizer.pad_token_id,
