@@ -43,3 +43,82 @@ def tiny_bpe():
 
 
 # ---------------------------------------------------------------- end of tiny tokenizers
+
+
+# ---------------------------------------------------------------- tiny training runs
+# Used by test_train.py and test_cli.py: a small multi-document text file (60 paragraphs of
+# three short sentences, separated by blank lines), one lmlab cache shared by the session
+# (trained tokenizers and tokenized datasets are reused across runs), and the overrides that
+# shrink any shipped experiment to a few seconds on 2 CPU cores. No network access.
+
+TINY_WORDS = [
+    *["the", "cat", "dog", "river", "mountain", "city", "people", "walk", "read", "write"],
+    *["book", "tree", "bird", "sing", "morning", "bread", "station", "train", "quickly"],
+    *["slowly", "under", "over", "green", "blue", "small", "large"],
+]
+
+# `++` adds or overrides, so these hold whatever the model presets currently set.
+TINY_ARCH = {
+    "bert": [
+        "++model.config.hidden_size=32",
+        "++model.config.num_hidden_layers=2",
+        "++model.config.num_attention_heads=2",
+        "++model.config.intermediate_size=64",
+    ],
+    "gpt2": ["++model.config.n_embd=32", "++model.config.n_layer=2", "++model.config.n_head=2"],
+}
+
+
+def tiny_corpus_text(paragraphs: int = 60, seed: int = 0) -> str:
+    import random
+
+    rng = random.Random(seed)
+    docs = []
+    for _ in range(paragraphs):
+        sentences = [
+            " ".join(rng.choice(TINY_WORDS) for _ in range(rng.randint(5, 9))).capitalize() + "."
+            for _ in range(3)
+        ]
+        docs.append(" ".join(sentences))
+    return "\n\n".join(docs) + "\n"
+
+
+@pytest.fixture(scope="session")
+def tiny_text_file(tmp_path_factory):
+    """~7 KB of text: 60 documents separated by blank lines."""
+    path = tmp_path_factory.mktemp("data") / "corpus.txt"
+    path.write_text(tiny_corpus_text(), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def lmlab_cache_dir(tmp_path_factory):
+    """One LMLAB_CACHE_DIR for the session's runs (never ~/.cache/lmlab)."""
+    return tmp_path_factory.mktemp("lmlab-cache")
+
+
+@pytest.fixture(scope="session")
+def tiny_overrides(tiny_text_file):
+    """tiny_overrides(model_type, steps=4) -> the overrides that make a run tiny: a 2-layer
+    width-32 model, a 300-token vocabulary, the tiny file, blocks of 32 and batches of 4.
+    trainer=debug is given, and its step settings again explicitly: an experiment's own
+    trainer keys override the trainer preset (see test_config.py)."""
+
+    def overrides(model_type: str, steps: int = 4) -> list[str]:
+        return [
+            "trainer=debug",
+            f"trainer.max_steps={steps}",
+            "trainer.val_check_interval=2",
+            "trainer.limit_val_batches=2",
+            *TINY_ARCH[model_type],
+            "model.tokenizer.vocab_size=300",
+            "data=files",
+            f"data.train={tiny_text_file}",
+            "data.max_length=32",
+            "data.batch_size=4",
+        ]
+
+    return overrides
+
+
+# ---------------------------------------------------------------- end of tiny training runs

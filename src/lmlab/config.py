@@ -134,7 +134,7 @@ class TrainerConfig:
 class PathsConfig:
     output_dir: str = "outputs"
     cache_dir: str = "~/.cache/lmlab"
-    run_dir: str = MISSING
+    run_dir: str | None = None  # set by the CLI (Hydra's output dir) or by compose(run_dir=...)
 
 
 @dataclass
@@ -260,6 +260,14 @@ def _local_model_type(name_or_path: str | None) -> str | None:
 
 def validate(cfg: DictConfig) -> None:
     """Checks what the schemas cannot: architecture keys against the Hugging Face config class."""
+    required = [
+        ("model.name_or_path", cfg.model.model_type == "auto", "a hub name or a local directory"),
+        ("data.train", cfg.data.source == "files", "a file, directory or glob"),
+        ("data.hub_name", cfg.data.source == "hub", "a dataset name or a local directory"),
+    ]
+    for key, needed, what in required:
+        if needed and OmegaConf.select(cfg, key) is None:
+            raise LmlabError(f"{key}: required here; set it to {what} ({key}=...)")
     model = cfg.model
     model_type = _local_model_type(model.name_or_path) or model.model_type
     known = hf_config_keys(model_type)

@@ -14,7 +14,8 @@ def build(model_cfg, head: str, tokenizer, extra: dict | None = None):
     if model_cfg.name_or_path:
         try:
             config = transformers.AutoConfig.from_pretrained(model_cfg.name_or_path, **settings)
-            return auto.from_pretrained(model_cfg.name_or_path, config=config)
+            model = auto.from_pretrained(model_cfg.name_or_path, config=config)
+            return model.train()  # from_pretrained returns eval mode: dropout off
         except (OSError, ValueError, RuntimeError) as e:
             reason = str(e).strip().splitlines()[0]
             raise LmlabError(

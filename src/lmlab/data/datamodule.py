@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zlib
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 from torch.utils.data import DataLoader
 
 from lmlab.fileutil import write_dir
@@ -58,10 +60,18 @@ class DataModule(pl.LightningDataModule):
             self.splits[split],
             batch_size=size,
             shuffle=shuffle,
-            collate_fn=self.objective.collate,
+            collate_fn=self.objective.collate if shuffle else self._fixed_collate,
             num_workers=self.cfg.num_workers,
             persistent_workers=self.cfg.num_workers > 0,
         )
+
+    def _fixed_collate(self, features):
+        """Evaluation batches get the same random choices (masks) every time, seeded by their
+        content, so that validation metrics compare across evaluations."""
+        seed = zlib.crc32(repr(features[0]["input_ids"][:16]).encode())
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.objective.collate(features)
 
     def train_dataloader(self):
         return self._loader("train", shuffle=True)

