@@ -76,6 +76,7 @@ class MLMConfig(ObjectiveConfig):
 @dataclass
 class NSPConfig(ObjectiveConfig):
     short_seq_prob: float = 0.1  # BERT's: sometimes use shorter pairs to match fine-tuning
+    dupe_factor: int = 5  # BERT's: passes over the training documents, each with new pairs
 
 
 @dataclass

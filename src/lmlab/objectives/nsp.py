@@ -92,7 +92,13 @@ class NextSentencePrediction(Objective):
             if sum(map(len, ids)) >= 2:
                 documents.append([s for s in ids if s])
         rng = random.Random(self.seed * 1000 + zlib.crc32(split.encode()))
-        pairs = make_pairs(documents, self.max_length - 3, rng, self.cfg.short_seq_prob)
+        # training pairs are drawn several times, so that NSP cannot just memorise them
+        passes = self.cfg.dupe_factor if split == "train" else 1
+        pairs = [
+            pair
+            for _ in range(passes)
+            for pair in make_pairs(documents, self.max_length - 3, rng, self.cfg.short_seq_prob)
+        ]
         cls, sep = tok.cls_token_id, tok.sep_token_id
         return datasets.Dataset.from_dict(
             {
@@ -115,4 +121,5 @@ class NextSentencePrediction(Objective):
         return {"loss": (loss, n), "accuracy": (accuracy, n)}
 
     def fingerprint(self):
-        return {**super().fingerprint(), "short_seq_prob": self.cfg.short_seq_prob}
+        settings = {k: self.cfg[k] for k in ("short_seq_prob", "dupe_factor")}
+        return {**super().fingerprint(), **settings}
