@@ -65,12 +65,10 @@ def build(cfg: DictConfig) -> Experiment:
     cfg = resolve(cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     raw, fingerprint = load_source(cfg.data, cfg.seed)
-    tokenizer = tokenizers.build(
-        cfg.model,
-        (t for t in raw["train"]["text"]) if "text" in raw["train"].column_names else [],
-        fingerprint,
-        cfg.paths.cache_dir,
-    )
+    if cfg.test and "test" not in raw:
+        raise LmlabError("test: true, but the data has no test split (set data.test)")
+    corpus = raw["train"]["text"] if "text" in raw["train"].column_names else []
+    tokenizer = tokenizers.build(cfg.model, corpus, fingerprint, cfg.paths.cache_dir)
     objective = get_class(cfg.objective._target_)(
         cfg.objective, tokenizer, cfg.data.max_length, cfg.seed
     )

@@ -80,4 +80,4 @@ class DataModule(pl.LightningDataModule):
         return self._loader("validation", shuffle=False)
 
     def test_dataloader(self):
-        return self._loader("test" if "test" in self.splits else "validation", shuffle=False)
+        return self._loader("test", shuffle=False)
