@@ -607,7 +607,7 @@ def test_nsp_preprocess_layout(tiny_wordpiece, max_length, short_seq_prob):
 def test_nsp_preprocess_single_sentence_documents(tiny_wordpiece):
     tok = tiny_wordpiece
     texts = ["the quick brown fox jumps", "birds sing in the tree", "snow covers the peaks"]
-    out = NextSentencePrediction(nsp_cfg(short_seq_prob=0.0), tok, 64).preprocess(
+    out = NextSentencePrediction(nsp_cfg(short_seq_prob=0.0, dupe_factor=1), tok, 64).preprocess(
         text_dataset(texts), "train"
     )
     assert len(out) == 3  # one pair per one-sentence document
@@ -615,6 +615,13 @@ def test_nsp_preprocess_single_sentence_documents(tiny_wordpiece):
         a, b = segments(row, tok)
         if row["next_sentence_label"] == IS_NEXT:
             assert a + b in [ids(tok, t) for t in texts]
+
+
+def test_nsp_training_pairs_are_drawn_dupe_factor_times_validation_once(tiny_wordpiece):
+    texts = ["the quick brown fox jumps", "birds sing in the tree", "snow covers the peaks"]
+    obj = NextSentencePrediction(nsp_cfg(short_seq_prob=0.0, dupe_factor=4), tiny_wordpiece, 64)
+    assert len(obj.preprocess(text_dataset(texts), "train")) == 12
+    assert len(obj.preprocess(text_dataset(texts), "validation")) == 3
 
 
 @pytest.mark.parametrize("texts", [["the dog sleeps. the fox runs."], ["the dog sleeps.", ""]])
