@@ -114,7 +114,10 @@ def make_trainer(cfg: DictConfig):
     }
     loggers = [instantiate(c) for c in (cfg.logger or {}).values() if c]
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c]
-    return pl.Trainer(**settings, logger=loggers or False, callbacks=callbacks, **t.kwargs)
+    # no_grad rather than inference_mode for evaluation: metric states touched by the
+    # validation before fit must stay usable in training
+    settings["inference_mode"] = False
+    return pl.Trainer(**{**settings, **t.kwargs}, logger=loggers or False, callbacks=callbacks)
 
 
 def resume_checkpoint(cfg: DictConfig) -> str | None:
@@ -143,6 +146,8 @@ def train(cfg: DictConfig) -> dict:
     checkpoint = resume_checkpoint(cfg)
     if checkpoint:
         print(f"resuming from {checkpoint}", flush=True)
+    else:  # the starting point of the validation curve, logged at step 0
+        trainer.validate(exp.module, datamodule=exp.datamodule, verbose=False)
     trainer.fit(exp.module, datamodule=exp.datamodule, ckpt_path=checkpoint)
     metrics = trainer.validate(exp.module, datamodule=exp.datamodule, verbose=False)[0]
     if cfg.test:
