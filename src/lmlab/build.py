@@ -137,6 +137,8 @@ def train(cfg: DictConfig) -> dict:
     from lmlab.export import save_pretrained
     from lmlab.fileutil import write_json
 
+    if not cfg.paths.run_dir:
+        raise LmlabError("paths.run_dir: not set (from Python: compose(..., run_dir=...))")
     run_dir = Path(cfg.paths.run_dir)
     exp = build(cfg)
     cfg = OmegaConf.create(exp.config)
