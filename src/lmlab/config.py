@@ -8,6 +8,7 @@ transformers or lightning: the CLI uses it for `--help` and `--cfg job`.
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import importlib.util
 import json
@@ -240,7 +241,8 @@ def _class_keys(path: Path) -> set[str]:
     return keys
 
 
-def hf_config_keys(model_type: str) -> set[str] | None:
+@functools.lru_cache
+def hf_config_keys(model_type: str) -> frozenset[str] | None:
     """Keys the Hugging Face config class of `model_type` knows; None when it cannot be found."""
     root = _transformers_root()
     if root is None:
@@ -249,7 +251,7 @@ def hf_config_keys(model_type: str) -> set[str] | None:
     source = root / "models" / module / f"configuration_{module}.py"
     if not source.is_file():
         return None
-    return _class_keys(source) | _class_keys(root / "configuration_utils.py")
+    return frozenset(_class_keys(source) | _class_keys(root / "configuration_utils.py"))
 
 
 def _local_model_type(name_or_path: str | None) -> str | None:
