@@ -44,6 +44,7 @@ class CausalLM(Objective):
                 ids.to(model.device),
                 attention_mask=torch.ones_like(ids).to(model.device),
                 max_new_tokens=self.cfg.sample_max_new_tokens,
+                min_new_tokens=self.cfg.sample_max_new_tokens // 2,  # not just an early end-of-text
                 do_sample=True,
                 top_k=50,
                 pad_token_id=tok.pad_token_id,
