@@ -33,26 +33,24 @@ class DataModule(pl.LightningDataModule):
             "tokenizer": hashlib.sha1(tok.backend_tokenizer.to_str().encode()).hexdigest(),
             "objective": self.objective.fingerprint(),
         }
-        return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[
-            :16
-        ]
+        digest = hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode())
+        return digest.hexdigest()[:16]
 
     def prepare_data(self) -> None:
         """Tokenizes every split once; later runs with the same inputs load the cache."""
-        self.splits = {name: self._cached(name) for name in self.raw}
+        import datasets
+
+        folder = self.cache_dir / self.cache_key()
+        for split in self.raw:
+            path = folder / split
+            if not path.is_dir():
+                processed = self.objective.preprocess(self.raw[split], split)
+                write_dir(path, lambda tmp, data=processed: data.save_to_disk(str(tmp)))
+            self.splits[split] = datasets.load_from_disk(str(path))
 
     def setup(self, stage: str | None = None) -> None:
         if not self.splits:
             self.prepare_data()
-
-    def _cached(self, split: str):
-        import datasets
-
-        path = self.cache_dir / self.cache_key() / split
-        if not path.is_dir():
-            processed = self.objective.preprocess(self.raw[split], split)
-            write_dir(path, lambda tmp: processed.save_to_disk(str(tmp)))
-        return datasets.load_from_disk(str(path))
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         size = self.cfg.batch_size if shuffle else (self.cfg.eval_batch_size or self.cfg.batch_size)
