@@ -47,7 +47,9 @@ def resolve(cfg: DictConfig) -> DictConfig:
     """Validates and resolves; every error names the key."""
     lmconfig.validate(cfg)
     try:
-        return OmegaConf.create(lmconfig.to_container(cfg))
+        cfg = OmegaConf.create(lmconfig.to_container(cfg))
+        cfg.model.name_or_path = lmconfig.pretrained_path(cfg.model.name_or_path)
+        return cfg
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or "config"
         raise LmlabError(f"{key}: {getattr(e, 'msg', e)}") from None
@@ -67,11 +69,11 @@ def build(cfg: DictConfig) -> Experiment:
     raw, fingerprint = load_source(cfg.data, cfg.seed)
     if cfg.test and "test" not in raw:
         raise LmlabError("test: true, but the data has no test split (set data.test)")
-    corpus = raw["train"]["text"] if "text" in raw["train"].column_names else []
+    objective_class = get_class(cfg.objective._target_)
+    corpus = objective_class.texts(raw["train"])
     tokenizer = tokenizers.build(cfg.model, corpus, fingerprint, cfg.paths.cache_dir)
-    objective = get_class(cfg.objective._target_)(
-        cfg.objective, tokenizer, cfg.data.max_length, cfg.seed
-    )
+    objective = objective_class(cfg.objective, tokenizer, cfg.data.max_length, cfg.seed)
+    objective.prepare(raw)
     model = models.build(cfg.model, objective.head, tokenizer, objective.model_config())
     plain = OmegaConf.to_container(cfg)
     return Experiment(
@@ -132,6 +134,29 @@ def resume_checkpoint(cfg: DictConfig) -> str | None:
     return str(last) if last.is_file() else None
 
 
+def load_best(module, trainer) -> None:
+    """Loads the weights of the best checkpoint (by objective.monitor) into `module`."""
+    import torch
+
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if not best:
+        print("load_best: no best checkpoint was saved; keeping the final weights", flush=True)
+        return
+    state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+    module.load_state_dict(state)
+    print(f"load_best: evaluating and exporting {best}", flush=True)
+
+
+def task_info(cfg: DictConfig) -> dict:
+    """What lmlab-eval and lmlab-predict need besides the Hugging Face files: the objective
+    and its settings; written to <export>/lmlab.json."""
+    return {
+        "objective": OmegaConf.to_container(cfg.objective),
+        "max_length": cfg.data.max_length,
+        "model": cfg.model.name,
+    }
+
+
 def train(cfg: DictConfig) -> dict:
     """Fit, validate (and test), export; returns the final metrics (also in metrics.json)."""
     from lmlab.export import save_pretrained
@@ -151,15 +176,19 @@ def train(cfg: DictConfig) -> dict:
     else:  # the starting point of the validation curve, logged at step 0
         trainer.validate(exp.module, datamodule=exp.datamodule, verbose=False)
     trainer.fit(exp.module, datamodule=exp.datamodule, ckpt_path=checkpoint)
+    if cfg.load_best:
+        load_best(exp.module, trainer)
     metrics = trainer.validate(exp.module, datamodule=exp.datamodule, verbose=False)[0]
     if cfg.test:
         metrics |= trainer.test(exp.module, datamodule=exp.datamodule, verbose=False)[0]
     metrics = {k: v for k, v in metrics.items() if math.isfinite(v)} | {
         "global_step": trainer.global_step
     }
+    metrics |= {k: v for k, v in exp.module.details.items() if k != "val/samples"}
     if trainer.is_global_zero:
         if cfg.export:
-            metrics["export"] = str(save_pretrained(exp.model, exp.tokenizer, run_dir))
+            export = save_pretrained(exp.model, exp.tokenizer, run_dir, task_info(cfg))
+            metrics["export"] = str(export)
         metrics |= exp.objective.finish(exp.model, run_dir)
         write_json(metrics, run_dir / "metrics.json")
     return metrics

@@ -64,6 +64,14 @@ class ObjectiveConfig:
     )
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
+    # Fine-tuning knobs. Layer-wise lr decay: layer k of L gets lr * decay^(L - k); the
+    # embeddings get the smallest rate, the task head the full one. 1.0: off.
+    layer_lr_decay: float = 1.0
+    freeze_embeddings: bool = False
+    freeze_layers: int = 0  # freeze the first N transformer layers
+    # What "best" means: the checkpoint callback, early stopping, load_best and sweeps use it.
+    monitor: str = "val/loss"
+    monitor_mode: str = "min"  # min | max
 
 
 @dataclass
@@ -92,18 +100,72 @@ class CLMConfig(ObjectiveConfig):
 
 
 @dataclass
+class DecodingConfig:
+    """Settings for model.generate()."""
+
+    max_new_tokens: int = 32
+    num_beams: int = 1  # > 1: beam search
+    do_sample: bool = False  # true: sampling with temperature / top_k / top_p
+    temperature: float = 1.0
+    top_k: int = 50
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+
+
+@dataclass
+class SequenceClassificationConfig(ObjectiveConfig):
+    classifier_dropout: float | None = None  # None: the model config's own
+
+
+@dataclass
+class TokenClassificationConfig(ObjectiveConfig):
+    classifier_dropout: float | None = None
+
+
+@dataclass
+class ExtractiveQAConfig(ObjectiveConfig):
+    doc_stride: int = 128  # tokens of overlap between the windows of a long context
+    max_answer_length: int = 30  # in tokens
+    n_best: int = 20  # start and end candidates searched per window
+    version_2_with_negative: bool = False  # SQuAD v2.0: questions may have no answer
+    null_score_diff_threshold: float = 0.0  # predict no answer when null - best > this
+
+
+@dataclass
+class GenerativeQAConfig(ObjectiveConfig):
+    # {context} and {question} are filled in; the answer follows, then end-of-text.
+    prompt_template: str = "Context: {context}\nQuestion: {question}\nAnswer:"
+    decoding: DecodingConfig = field(default_factory=DecodingConfig)
+
+
+@dataclass
+class TextGenerationConfig(ObjectiveConfig):
+    prompts: list[str] = field(default_factory=lambda: [""])  # sampled at each validation
+    decoding: DecodingConfig = field(
+        default_factory=lambda: DecodingConfig(
+            max_new_tokens=60, do_sample=True, temperature=0.8, top_p=0.95
+        )
+    )
+
+
+@dataclass
 class DataConfig:
     name: str = MISSING
     source: str = "files"  # files | hub | pydoc
     train: str | None = None  # files: path, directory or glob; hub: split name
     validation: str | None = None
     test: str | None = None
-    format: str = "auto"  # auto | text | csv | tsv | json | jsonl
+    format: str = "auto"  # auto | text | csv | tsv | json | jsonl | conll | squad
     documents: str = "blank_line"  # text files: blank_line | line | file
     hub_name: str | None = None
     hub_subset: str | None = None
     columns: dict[str, str] = field(default_factory=dict)  # canonical -> source column
+    labels: list[str] | None = None  # the label (or tag) set; None: those found in train
+    token_column: int = 0  # conll: the word column
+    tag_column: int = -1  # conll: the tag column (-1: the last)
+    skip_bad_rows: bool = False  # skip malformed rows (and report them) instead of stopping
     val_fraction: float = 0.05
+    val_group: str | None = None  # carve validation by whole groups of this column (title)
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     max_length: int = 128
@@ -153,6 +215,9 @@ class TrainConfig:
     resume: str | None = None  # checkpoint file or run dir; default: the run dir's last.ckpt
     export: bool = True
     test: bool = False  # also run the test split after training
+    # After training, reload the best checkpoint (objective.monitor) before the final
+    # evaluation and the export.
+    load_best: bool = False
 
 
 def register() -> None:
@@ -167,6 +232,11 @@ def register() -> None:
         ("objective", "nsp_schema", NSPConfig),
         ("objective", "mlm_nsp_schema", MLMNSPConfig),
         ("objective", "clm_schema", CLMConfig),
+        ("objective", "sequence_classification_schema", SequenceClassificationConfig),
+        ("objective", "token_classification_schema", TokenClassificationConfig),
+        ("objective", "extractive_qa_schema", ExtractiveQAConfig),
+        ("objective", "generative_qa_schema", GenerativeQAConfig),
+        ("objective", "text_generation_schema", TextGenerationConfig),
     ]:
         cs.store(group=group, name=name, node=node)
 
@@ -254,8 +324,23 @@ def hf_config_keys(model_type: str) -> frozenset[str] | None:
     return frozenset(_class_keys(source) | _class_keys(root / "configuration_utils.py"))
 
 
+def pretrained_path(name_or_path: str | None) -> str | None:
+    """An lmlab run dir stands for its export; anything else is returned as is."""
+    if not name_or_path:
+        return name_or_path
+    path = Path(os.path.expanduser(name_or_path))
+    if (path / "export" / "config.json").is_file():
+        return str(path / "export")
+    if (path / "config.yaml").is_file() and not (path / "config.json").is_file():
+        raise LmlabError(
+            f"model.name_or_path: {name_or_path!r} is an lmlab run dir without an export "
+            "(has the run finished, with export=true?)"
+        )
+    return name_or_path
+
+
 def _local_model_type(name_or_path: str | None) -> str | None:
-    config_file = Path(os.path.expanduser(name_or_path or "")) / "config.json"
+    config_file = Path(os.path.expanduser(pretrained_path(name_or_path) or "")) / "config.json"
     if name_or_path and config_file.is_file():
         return json.loads(config_file.read_text()).get("model_type")
     return None

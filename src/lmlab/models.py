@@ -14,7 +14,10 @@ def build(model_cfg, head: str, tokenizer, extra: dict | None = None):
     if model_cfg.name_or_path:
         try:
             config = transformers.AutoConfig.from_pretrained(model_cfg.name_or_path, **settings)
-            model = auto.from_pretrained(model_cfg.name_or_path, config=config)
+            # a new task head (e.g. other labels) replaces the checkpoint's own
+            model = auto.from_pretrained(
+                model_cfg.name_or_path, config=config, ignore_mismatched_sizes=True
+            )
             return model.train()  # from_pretrained returns eval mode: dropout off
         except (OSError, ValueError, RuntimeError) as e:
             reason = str(e).strip().splitlines()[0]

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import numbers
+import re
+from pathlib import Path
+
 import pytorch_lightning as pl
 import torch
 from torch import nn
 from torchmetrics import MeanMetric
+
+SPLIT_OF_STAGE = {"val": "validation", "test": "test"}
 
 
 class TaskModule(pl.LightningModule):
@@ -23,9 +29,11 @@ class TaskModule(pl.LightningModule):
                 for stage in ("val", "test")
             }
         )
+        self.records: dict[str, list] = {"val": [], "test": []}
+        self.details: dict[str, object] = {}  # non-scalar results of the last evaluations
+        freeze(model, self.optim["freeze_embeddings"], self.optim["freeze_layers"])
 
-    def _step(self, batch, stage: str) -> torch.Tensor:
-        results = self.objective.step(self.model, batch)
+    def _log_batch(self, results, stage: str) -> None:
         for name, (value, weight) in results.items():
             if stage == "train":  # per step; the loss as optimised, the rest for monitoring
                 self.log(f"train/{name}", value.detach(), prog_bar=name == "loss")
@@ -33,45 +41,81 @@ class TaskModule(pl.LightningModule):
                 metric = self.metrics[stage][name]
                 metric.update(value.detach(), weight)
                 self.log(f"{stage}/{name}", metric, batch_size=max(int(weight), 1))
-        return results["loss"][0]
 
     def training_step(self, batch, batch_idx):
-        return self._step(batch, "train")
+        results = self.objective.step(self.model, batch)
+        self._log_batch(results, "train")
+        return results["loss"][0]
+
+    def _eval_step(self, batch, stage: str) -> None:
+        results, records = self.objective.eval_step(self.model, batch)
+        self._log_batch(results, stage)
+        self.records[stage] += records
 
     def validation_step(self, batch, batch_idx):
-        self._step(batch, "val")
+        self._eval_step(batch, "val")
 
     def test_step(self, batch, batch_idx):
-        self._step(batch, "test")
+        self._eval_step(batch, "test")
 
-    def _log_derived(self, stage: str) -> None:
+    def on_validation_epoch_start(self):
+        self.records["val"] = []
+
+    def on_test_epoch_start(self):
+        self.records["test"] = []
+
+    def _epoch_end(self, stage: str) -> None:
         metrics = self.metrics[stage]
         if metrics["loss"].update_count == 0:
             return
         means = {name: float(m.compute()) for name, m in metrics.items()}
         for name, value in self.objective.epoch_metrics(means).items():
             self.log(f"{stage}/{name}", value, sync_dist=True)
+        records = gather(self.records[stage])
+        self.records[stage] = []
+        if not records:
+            return
+        examples = self.trainer.datamodule.raw[SPLIT_OF_STAGE[stage]]
+        for name, value in self.objective.score(records, examples, self.model).items():
+            if isinstance(value, numbers.Number) and not isinstance(value, bool):
+                self.log(f"{stage}/{name}", float(value))
+            else:
+                self.details[f"{stage}/{name}"] = value
+        if stage == "val" and self.details.get("val/samples"):
+            self._write_samples(self.details["val/samples"])
+
+    def _write_samples(self, samples: list[str]) -> None:
+        """Appends this validation's generated samples to <run dir>/samples.txt and sends
+        them to loggers that show text (TensorBoard, wandb)."""
+        if self.trainer.sanity_checking or not self.trainer.is_global_zero:
+            return
+        text = "\n\n".join(samples)
+        run_dir = self.trainer.default_root_dir
+        with open(Path(run_dir, "samples.txt"), "a") as f:
+            f.write(f"===== step {self.global_step}\n{text}\n\n")
+        for logger in self.loggers:
+            experiment = getattr(logger, "experiment", None)
+            if hasattr(experiment, "add_text"):  # TensorBoard
+                experiment.add_text("val/samples", text, self.global_step)
+            elif hasattr(logger, "log_text"):  # wandb
+                logger.log_text("val/samples", columns=["sample"], data=[[s] for s in samples])
 
     def on_validation_epoch_end(self):
-        self._log_derived("val")
+        self._epoch_end("val")
 
     def on_test_epoch_end(self):
-        self._log_derived("test")
+        self._epoch_end("test")
 
     def configure_optimizers(self):
-        """AdamW without weight decay on biases and norms; warmup as a ratio of total steps."""
+        """AdamW without weight decay on biases and norms, layer-wise lr decay, warmup as
+        a ratio of total steps."""
         from transformers import get_scheduler
 
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        groups = [
-            {
-                "params": [p for p in params if p.ndim >= 2],
-                "weight_decay": self.optim["weight_decay"],
-            },
-            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-        ]
         optimizer = torch.optim.AdamW(
-            groups, lr=self.optim["lr"], betas=tuple(self.optim["betas"]), eps=self.optim["eps"]
+            parameter_groups(self.model, self.optim),
+            lr=self.optim["lr"],
+            betas=tuple(self.optim["betas"]),
+            eps=self.optim["eps"],
         )
         total = int(self.trainer.estimated_stepping_batches)
         scheduler = get_scheduler(
@@ -84,3 +128,62 @@ class TaskModule(pl.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+
+# Transformer blocks are named <...>.layer.<i>. (BERT), .h.<i>. (GPT-2), .layers.<i>. ...
+_LAYER = re.compile(r"\.(?:layer|layers|h|block|blocks)\.(\d+)\.")
+
+
+def num_layers(model: nn.Module) -> int:
+    config = model.config
+    return getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", 0)
+
+
+def depth(name: str, layers: int) -> int:
+    """0 for embeddings, k for transformer layer k (1-based), layers + 1 for the rest
+    (pooler, final norm, task head)."""
+    found = _LAYER.search(name)
+    if found:
+        return int(found.group(1)) + 1
+    return 0 if "embed" in name or re.search(r"\bw[tp]e\b", name) else layers + 1
+
+
+def freeze(model: nn.Module, embeddings: bool, first_layers: int) -> None:
+    if not embeddings and not first_layers:
+        return
+    layers = num_layers(model)
+    for name, param in model.named_parameters():
+        d = depth(name, layers)
+        if (embeddings and d == 0) or 1 <= d <= first_layers:
+            param.requires_grad_(False)
+
+
+def parameter_groups(model: nn.Module, optim: dict) -> list[dict]:
+    """One group per (depth, decay): no weight decay on biases and norms; with
+    layer_lr_decay < 1, lr * decay^(layers + 1 - depth)."""
+    layers = num_layers(model)
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        d = depth(name, layers) if optim["layer_lr_decay"] != 1.0 else layers + 1
+        decays = param.ndim >= 2
+        group = groups.setdefault(
+            (d, decays),
+            {
+                "params": [],
+                "weight_decay": optim["weight_decay"] if decays else 0.0,
+                "lr": optim["lr"] * optim["layer_lr_decay"] ** (layers + 1 - d),
+            },
+        )
+        group["params"].append(param)
+    return [groups[key] for key in sorted(groups)]
+
+
+def gather(records: list) -> list:
+    """Every process's records (DDP), in process order; the records themselves otherwise."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return records
+    everyone = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(everyone, records)
+    return [r for part in everyone for r in part]

@@ -35,7 +35,7 @@ def fail(error: Exception) -> None:
 
 
 def run(cfg: DictConfig):
-    """The Hydra task: returns the metric a sweeper optimises (validation loss)."""
+    """The Hydra task: returns the metric a sweeper optimises (objective.monitor)."""
     try:
         validate(cfg)  # cheap checks before the heavy imports
         from lmlab.build import train
@@ -47,7 +47,7 @@ def run(cfg: DictConfig):
         print(f"export: {metrics['export']}")
     if "sample" in metrics:
         print(f"sample: {metrics['sample']}")
-    return metrics.get("val/loss")
+    return metrics.get(cfg.objective.monitor)
 
 
 def main() -> None:

@@ -4,6 +4,13 @@ An objective names its model head (a transformers Auto class), turns canonical c
 into model inputs (`preprocess`, batched and cacheable), batches them (`collate`), and
 computes the loss and metrics of one batch (`step`). Adding a task means one subclass plus
 one YAML file under conf/objective/ (with its schema in lmlab.config).
+
+Tasks scored over a whole split (F1, exact match, ...) also return per-example records
+from `eval_step`; at the end of each evaluation the module hands all records and the raw
+examples of the split to `score`. `predict_step` + `decode` serve lmlab-predict.
+Preprocessed rows keep an `example_id` (the row's index in the raw split) so that records
+find their example again; keys listed in `meta_keys` travel in the batch but are not
+model inputs.
 """
 
 from __future__ import annotations
@@ -21,7 +28,8 @@ Metrics = dict[str, tuple[torch.Tensor, float]]  # name -> (mean over the batch,
 class Objective:
     head: str = "AutoModel"  # the transformers Auto class that builds the model
     required_columns: tuple[str, ...] = ("text",)
-    metric_names: tuple[str, ...] = ("loss",)
+    metric_names: tuple[str, ...] = ("loss",)  # batch means logged as <stage>/<name>
+    meta_keys: tuple[str, ...] = ("example_id",)  # batch keys that are not model inputs
 
     def __init__(self, cfg, tokenizer, max_length: int, seed: int = 0):
         self.cfg = cfg
@@ -30,8 +38,22 @@ class Objective:
         self.seed = seed
 
     # -- data
+    def prepare(self, raw) -> None:
+        """Learns from the raw DatasetDict what the model needs (e.g. the label names);
+        called before `model_config`."""
+
+    def restore(self, model) -> None:
+        """For evaluation and prediction of an exported model: recovers what `prepare`
+        learnt from the data (e.g. the label names, from model.config.id2label)."""
+
+    @staticmethod
+    def texts(dataset):
+        """The text a tokenizer trained from scratch learns from."""
+        return dataset["text"] if "text" in dataset.column_names else []
+
     def preprocess(self, dataset, split: str):
-        """Canonical columns -> model-ready columns. Deterministic for a given seed."""
+        """Canonical columns -> model-ready columns. Deterministic for a given seed.
+        split "predict": unlabelled inputs for lmlab-predict (no label columns)."""
         raise NotImplementedError
 
     def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -50,6 +72,26 @@ class Objective:
         """Loss and metrics of one batch; "loss" is the one optimised."""
         raise NotImplementedError
 
+    def eval_step(self, model, batch) -> tuple[Metrics, list[dict]]:
+        """Evaluation: the batch metrics and per-example records (plain Python data) for
+        `score`. One forward pass serves both."""
+        return self.step(model, batch), []
+
+    def score(self, records: list[dict], examples, model) -> dict[str, Any]:
+        """Metrics over a whole split from the records of `eval_step` and the raw examples
+        (a datasets.Dataset of canonical columns). Numbers are logged as <stage>/<name>;
+        other values (a confusion matrix, generated samples) go to metrics.json; a list
+        of strings under "samples" is also written to the run dir."""
+        return {}
+
+    def predict_step(self, model, batch) -> list[dict]:
+        """Records for unlabelled inputs (preprocessed with split "predict")."""
+        raise LmlabError(f"objective {self.cfg.name}: lmlab-predict does not support it")
+
+    def decode(self, records: list[dict], examples) -> list[dict]:
+        """One JSON-ready output per example of `examples`, from `predict_step` records."""
+        raise LmlabError(f"objective {self.cfg.name}: lmlab-predict does not support it")
+
     def epoch_metrics(self, means: dict[str, float]) -> dict[str, float]:
         """Metrics derived from the epoch means (e.g. perplexity from the loss)."""
         return {}
@@ -59,6 +101,9 @@ class Objective:
         return {}
 
     # -- helpers shared by objectives
+    def model_inputs(self, batch: dict) -> dict:
+        return {k: v for k, v in batch.items() if k not in self.meta_keys}
+
     def check_columns(self, dataset) -> None:
         missing = [c for c in self.required_columns if c not in dataset.column_names]
         if missing:
