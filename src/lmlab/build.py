@@ -173,7 +173,7 @@ def train(cfg: DictConfig) -> dict:
     checkpoint = resume_checkpoint(cfg)
     if checkpoint:
         print(f"resuming from {checkpoint}", flush=True)
-    else:  # the starting point of the validation curve, logged at step 0
+    elif cfg.trainer.validate_at_start:  # the starting point of the validation curve
         trainer.validate(exp.module, datamodule=exp.datamodule, verbose=False)
     trainer.fit(exp.module, datamodule=exp.datamodule, ckpt_path=checkpoint)
     if cfg.load_best:

@@ -191,6 +191,7 @@ class TrainerConfig:
     limit_val_batches: Any = None
     log_every_n_steps: int = 10
     deterministic: bool = False
+    validate_at_start: bool = True  # lmlab's: a validation at step 0 starts every curve
     kwargs: dict[str, Any] = field(default_factory=dict)  # passed as is to lightning's Trainer
 
 

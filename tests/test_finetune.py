@@ -1,0 +1,93 @@
+"""Fine-tuning knobs shared by every task: layer-wise lr decay, freezing, starting points."""
+
+import pytest
+
+from lmlab.config import pretrained_path
+from lmlab.errors import LmlabError
+from lmlab.module import depth, freeze, parameter_groups
+
+
+def tiny_bert():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = BertConfig(
+        vocab_size=50, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
+        intermediate_size=32, num_labels=2,
+    )  # fmt: skip
+    return BertForSequenceClassification(config)
+
+
+def tiny_gpt():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    return GPT2LMHeadModel(GPT2Config(vocab_size=50, n_embd=16, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=0))
+
+
+OPTIM = {"lr": 1.0, "weight_decay": 0.01, "layer_lr_decay": 0.5}
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("bert.embeddings.word_embeddings.weight", 0),
+        ("bert.embeddings.LayerNorm.bias", 0),
+        ("bert.encoder.layer.0.attention.self.query.weight", 1),
+        ("bert.encoder.layer.2.output.dense.weight", 3),
+        ("bert.pooler.dense.weight", 4),
+        ("classifier.weight", 4),
+        ("transformer.wte.weight", 0),
+        ("transformer.wpe.weight", 0),
+        ("transformer.h.1.mlp.c_fc.weight", 2),
+        ("transformer.ln_f.weight", 4),
+    ],
+)
+def test_depth_of_bert_and_gpt2_parameters(name, expected):
+    assert depth(name, layers=3) == expected
+
+
+def test_layer_lr_decay_gives_each_depth_its_rate():
+    model = tiny_bert()
+    lr_of = {}
+    for group in parameter_groups(model, OPTIM):
+        for param in group["params"]:
+            lr_of[id(param)] = (group["lr"], group["weight_decay"])
+    named = dict(model.named_parameters())
+    # 3 layers: head 1.0, layer 3 0.5, layer 2 0.25, layer 1 0.125, embeddings 0.0625
+    assert lr_of[id(named["classifier.weight"])] == (1.0, 0.01)
+    assert lr_of[id(named["bert.encoder.layer.2.output.dense.weight"])] == (0.5, 0.01)
+    assert lr_of[id(named["bert.encoder.layer.0.output.dense.bias"])] == (0.125, 0.0)
+    assert lr_of[id(named["bert.embeddings.word_embeddings.weight"])] == (0.0625, 0.01)
+    assert lr_of[id(named["bert.embeddings.LayerNorm.weight"])] == (0.0625, 0.0)
+    assert sum(len(g["params"]) for g in parameter_groups(model, OPTIM)) == len(named)
+
+
+def test_without_decay_there_are_two_groups_at_the_base_rate():
+    groups = parameter_groups(tiny_gpt(), {**OPTIM, "layer_lr_decay": 1.0})
+    assert sorted((g["lr"], g["weight_decay"]) for g in groups) == [(1.0, 0.0), (1.0, 0.01)]
+
+
+def test_freezing_embeddings_and_first_layers():
+    model = tiny_bert()
+    freeze(model, embeddings=True, first_layers=2)
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert "bert.embeddings.word_embeddings.weight" in frozen
+    assert "bert.encoder.layer.1.output.dense.weight" in frozen
+    assert "bert.encoder.layer.2.output.dense.weight" not in frozen
+    assert "classifier.weight" not in frozen
+    grouped = {id(p) for g in parameter_groups(model, OPTIM) for p in g["params"]}
+    assert not grouped & {id(p) for n, p in model.named_parameters() if n in frozen}
+
+
+def test_a_run_dir_stands_for_its_export(tmp_path):
+    run = tmp_path / "run"
+    (run / "export").mkdir(parents=True)
+    (run / "export" / "config.json").write_text("{}")
+    assert pretrained_path(str(run)) == str(run / "export")
+    assert pretrained_path(str(run / "export")) == str(run / "export")
+    assert pretrained_path("bert-base-uncased") == "bert-base-uncased"
+
+
+def test_an_unfinished_run_dir_is_named(tmp_path):
+    (tmp_path / "config.yaml").write_text("name: x\n")
+    with pytest.raises(LmlabError, match="run dir without an export"):
+        pretrained_path(str(tmp_path))
