@@ -20,7 +20,8 @@ def tiny_bert():
 def tiny_gpt():
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    return GPT2LMHeadModel(GPT2Config(vocab_size=50, n_embd=16, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=0))
+    config = GPT2Config(vocab_size=50, n_embd=16, n_layer=2, n_head=2, bos_token_id=0)
+    return GPT2LMHeadModel(config)
 
 
 OPTIM = {"lr": 1.0, "weight_decay": 0.01, "layer_lr_decay": 0.5}

@@ -10,6 +10,7 @@ import shlex
 import subprocess
 import sys
 
+
 def run_stage(overrides: list[str]) -> str:
     """Runs one lmlab-train, echoing its output; returns the export path it printed."""
     command = [sys.executable, "-m", "lmlab.cli.train", *overrides]
