@@ -1,0 +1,214 @@
+"""Sequence classification (sentiment, NLI, topic): one label per text or text pair.
+
+The label set comes from the training split's ClassLabel feature (`prepare`) or from an
+exported model's id2label (`restore`); other splits are mapped onto it by label name.
+Scored over the whole split: accuracy, macro-F1, F1 per class and the confusion matrix.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lmlab.errors import LmlabError
+from lmlab.objectives.base import Metrics, Objective, masked_cross_entropy
+
+
+def class_names(dataset, column: str, split: str = "train") -> list[str]:
+    """The names of a ClassLabel column (or of a list of ClassLabels, as NER tags are)."""
+    feature = dataset.features.get(column)
+    feature = getattr(feature, "feature", feature)  # List(ClassLabel) -> ClassLabel
+    names = getattr(feature, "names", None)
+    if not names:
+        raise LmlabError(
+            f"data.{split}: column '{column}' is {feature!r}, expected a datasets.ClassLabel "
+            "(the source names the label set; set data.labels)"
+        )
+    return list(names)
+
+
+def id_map(names: list[str], labels: list[str], split: str) -> list[int]:
+    """For each id of a split's label names, its id in the objective's label set."""
+    index = {name: i for i, name in enumerate(labels)}
+    unknown = [name for name in names if name not in index]
+    if unknown:
+        raise LmlabError(
+            f"data.{split}: label {unknown[0]!r} is not in the training label set "
+            f"({', '.join(labels)})"
+        )
+    return [index[name] for name in names]
+
+
+def require(dataset, columns: tuple[str, ...]) -> None:
+    missing = [c for c in columns if c not in dataset.column_names]
+    if missing:
+        raise LmlabError(
+            f"data.columns.{missing[0]}: the data has no '{missing[0]}' column "
+            f"(columns: {', '.join(dataset.column_names)}); map one onto it"
+        )
+
+
+def label_config(labels: list[str] | None, dropout: float | None) -> dict:
+    """Hugging Face config settings for a head over `labels`."""
+    if not labels:
+        raise LmlabError("objective: no label set; call prepare(raw) or restore(model) first")
+    settings = {
+        "num_labels": len(labels),
+        "id2label": dict(enumerate(labels)),
+        "label2id": {name: i for i, name in enumerate(labels)},
+    }
+    if dropout is not None:
+        settings["classifier_dropout"] = dropout
+    return settings
+
+
+def labels_of(model) -> list[str]:
+    """The label names of an exported model, in id order."""
+    id2label = model.config.id2label
+    return [id2label[i] for i in range(len(id2label))]
+
+
+def unique(records: list[dict]) -> list[dict]:
+    """The first record of each example (DDP pads the last batch with repeated examples)."""
+    seen: dict[int, dict] = {}
+    for record in records:
+        seen.setdefault(record["example_id"], record)
+    return list(seen.values())
+
+
+def f1(tp: int, fp: int, fn: int) -> float:
+    return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+
+
+def classification_scores(gold: list[int], pred: list[int], labels: list[str]) -> dict:
+    """accuracy, macro_f1 (over the classes that occur in gold or pred), f1_<label> for
+    those classes, and the confusion matrix (rows: true label, columns: predicted)."""
+    matrix = [[0] * len(labels) for _ in labels]
+    for g, p in zip(gold, pred, strict=True):
+        matrix[g][p] += 1
+    scores: dict = {"accuracy": sum(g == p for g, p in zip(gold, pred)) / max(len(gold), 1)}
+    per_class = {}
+    for c, name in enumerate(labels):
+        tp = matrix[c][c]
+        fn = sum(matrix[c]) - tp
+        fp = sum(row[c] for row in matrix) - tp
+        if tp + fp + fn:
+            per_class[f"f1_{name}"] = f1(tp, fp, fn)
+    scores["macro_f1"] = sum(per_class.values()) / max(len(per_class), 1)
+    scores |= per_class
+    scores["confusion_matrix"] = {"labels": list(labels), "matrix": matrix}
+    return scores
+
+
+class SequenceClassification(Objective):
+    head = "AutoModelForSequenceClassification"
+    required_columns = ("text", "label")
+    # evaluation logs only the loss per batch; accuracy & co. come from `score`
+    metric_names = ("loss",)
+    meta_keys = ("example_id", "labels")  # the loss is computed here, not by the model
+
+    def __init__(self, cfg, tokenizer, max_length: int, seed: int = 0):
+        super().__init__(cfg, tokenizer, max_length, seed)
+        self.labels: list[str] | None = None
+
+    # -- data
+    def prepare(self, raw) -> None:
+        self.labels = class_names(raw["train"], "label")
+        if len(self.labels) < 2:
+            raise LmlabError(f"data.train: one label only ({self.labels[0]!r}); need two or more")
+
+    def restore(self, model) -> None:
+        self.labels = labels_of(model)
+
+    def gold(self, dataset, split: str) -> list[int]:
+        """The split's labels as ids of the objective's label set."""
+        to_ours = id_map(class_names(dataset, "label", split), self.labels, split)
+        out = []
+        for row, label in enumerate(dataset["label"]):
+            if not 0 <= label < len(to_ours):
+                raise LmlabError(f"data.{split}: row {row} has no label (label id {label})")
+            out.append(to_ours[label])
+        return out
+
+    def preprocess(self, dataset, split: str):
+        require(dataset, ("text",) if split == "predict" else self.required_columns)
+        labels = None if split == "predict" else self.gold(dataset, split)
+        pair = "text_pair" in dataset.column_names
+        tok, max_length = self.tokenizer, self.max_length
+
+        def encode(batch, indices):
+            enc = tok(
+                batch["text"],
+                batch["text_pair"] if pair else None,
+                truncation=True,
+                max_length=max_length,
+            )
+            out = {"input_ids": enc["input_ids"], "example_id": indices}
+            if "token_type_ids" in enc:
+                out["token_type_ids"] = enc["token_type_ids"]
+            if labels is not None:
+                out["labels"] = [labels[i] for i in indices]
+            return out
+
+        return dataset.map(
+            encode, batched=True, with_indices=True, remove_columns=dataset.column_names
+        )
+
+    def collate(self, features):
+        keys = {"input_ids": self.tokenizer.pad_token_id}
+        if "token_type_ids" in features[0]:
+            keys["token_type_ids"] = 0
+        batch = self.pad(features, keys)
+        batch["example_id"] = torch.tensor([f["example_id"] for f in features])
+        if "labels" in features[0]:
+            batch["labels"] = torch.tensor([f["labels"] for f in features])
+        return batch
+
+    def fingerprint(self):
+        return {**super().fingerprint(), "labels": self.labels}
+
+    # -- model
+    def model_config(self) -> dict:
+        return label_config(self.labels, self.cfg.classifier_dropout)
+
+    def logits(self, model, batch) -> torch.Tensor:
+        return model(**self.model_inputs(batch)).logits
+
+    def step(self, model, batch) -> Metrics:
+        loss, accuracy = masked_cross_entropy(self.logits(model, batch), batch["labels"])
+        n = len(batch["labels"])
+        return {"loss": (loss, n), "accuracy": (accuracy, n)}
+
+    def eval_step(self, model, batch):
+        logits = self.logits(model, batch)
+        loss, _ = masked_cross_entropy(logits, batch["labels"])
+        preds = logits.argmax(-1).tolist()
+        ids = batch["example_id"].tolist()
+        records = [{"example_id": i, "pred": p} for i, p in zip(ids, preds)]
+        return {"loss": (loss, len(preds))}, records
+
+    def score(self, records, examples, model) -> dict:
+        records = unique(records)
+        gold = self.gold(examples, "validation")
+        return classification_scores(
+            [gold[r["example_id"]] for r in records], [r["pred"] for r in records], self.labels
+        )
+
+    # -- lmlab-predict
+    def predict_step(self, model, batch) -> list[dict]:
+        probs = self.logits(model, batch).float().softmax(-1).tolist()
+        return [{"example_id": i, "probs": p} for i, p in zip(batch["example_id"].tolist(), probs)]
+
+    def decode(self, records, examples) -> list[dict]:
+        by_id = {r["example_id"]: r["probs"] for r in unique(records)}
+        outputs = []
+        for i in range(len(examples)):
+            probs = by_id[i]
+            best = max(range(len(probs)), key=probs.__getitem__)
+            outputs.append(
+                {
+                    "label": self.labels[best],
+                    "score": probs[best],
+                    "scores": dict(zip(self.labels, probs)),
+                }
+            )
+        return outputs

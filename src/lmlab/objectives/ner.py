@@ -1,0 +1,245 @@
+"""Token classification (NER) over IOB2 tags.
+
+Each word's tag goes on its FIRST sub-word; the other sub-words and the specials get -100
+and are neither trained nor scored. Predictions are read back per word (words cut off by
+truncation are predicted "O") and scored by entity, with strict span matching as conlleval
+and seqeval's default mode do: precision, recall and F1 over entities, overall (micro) and
+per type, plus word-level accuracy.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+
+from lmlab.errors import LmlabError
+from lmlab.objectives.base import Metrics, Objective, masked_cross_entropy
+from lmlab.objectives.classification import (
+    class_names,
+    id_map,
+    label_config,
+    labels_of,
+    require,
+    unique,
+)
+
+IGNORE = -100
+
+
+def split_tag(tag: str) -> tuple[str, str]:
+    """("O", "") for O, ("B", "PER") for B-PER, ("I", "PER") for I-PER."""
+    if tag == "O":
+        return "O", ""
+    prefix, _, kind = tag.partition("-")
+    if prefix not in ("B", "I") or not kind:
+        raise LmlabError(f"tag {tag!r} is not IOB2 (expected O, B-<type> or I-<type>)")
+    return prefix, kind
+
+
+def entities(tags: list[str]) -> set[tuple[str, int, int]]:
+    """The entities of an IOB2 tag sequence as (type, start, end), end exclusive. An entity
+    starts at B-X, or (as in conlleval) at an I-X that does not continue an X entity; it
+    goes on over the I-X that follow."""
+    spans = set()
+    start, kind = None, ""
+    for i, tag in enumerate([*tags, "O"]):
+        prefix, tag_kind = split_tag(tag)
+        if start is not None and not (prefix == "I" and tag_kind == kind):
+            spans.add((kind, start, i))
+            start = None
+        if prefix == "B" or (prefix == "I" and start is None):
+            start, kind = i, tag_kind
+    return spans
+
+
+def _prf(tp: int, predicted: int, gold: int) -> tuple[float, float, float]:
+    precision = tp / predicted if predicted else 0.0
+    recall = tp / gold if gold else 0.0
+    f1 = 2 * tp / (predicted + gold) if predicted + gold else 0.0
+    return precision, recall, f1
+
+
+def entity_scores(gold_sequences: list[list[str]], pred_sequences: list[list[str]]) -> dict:
+    """Entity-level precision, recall and F1 over all sentences (micro), and f1_<type> for
+    every type found in gold or predictions. Only an exact (type, start, end) match counts:
+    a span off by one word is both a false positive and a false negative."""
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])  # type -> tp, predicted, gold
+    for gold_tags, pred_tags in zip(gold_sequences, pred_sequences, strict=True):
+        gold, pred = entities(gold_tags), entities(pred_tags)
+        for index, found in ((0, gold & pred), (1, pred), (2, gold)):
+            for kind, _, _ in found:
+                counts[kind][index] += 1
+    totals = [sum(c[i] for c in counts.values()) for i in range(3)]
+    precision, recall, f1 = _prf(*totals)
+    scores = {"precision": precision, "recall": recall, "f1": f1}
+    for kind in sorted(counts):
+        scores[f"f1_{kind}"] = _prf(*counts[kind])[2]
+    return scores
+
+
+def word_predictions(preds: list[int], word_index: list[int]) -> list[int]:
+    """Tag ids per word from per-token predictions; -1 for words without a first sub-word
+    among the tokens (read as O)."""
+    words = [w for w in word_index if w >= 0]
+    out = [-1] * (max(words) + 1 if words else 0)
+    for p, w in zip(preds, word_index):
+        if w >= 0:
+            out[w] = p
+    return out
+
+
+def words_of(dataset) -> list[list[str]]:
+    """The words of each example: `tokens`, or `text` split on whitespace."""
+    if "tokens" in dataset.column_names:
+        return list(dataset["tokens"])
+    require(dataset, ("text",))
+    return [text.split() for text in dataset["text"]]
+
+
+class TokenClassification(Objective):
+    head = "AutoModelForTokenClassification"
+    required_columns = ("tokens", "tags")
+    metric_names = ("loss",)  # evaluation: entity scores and accuracy come from `score`
+    meta_keys = ("example_id", "labels", "word_index")
+
+    def __init__(self, cfg, tokenizer, max_length: int, seed: int = 0):
+        super().__init__(cfg, tokenizer, max_length, seed)
+        self.labels: list[str] | None = None
+
+    @staticmethod
+    def texts(dataset):
+        if "tokens" not in dataset.column_names:
+            return []
+        return [" ".join(tokens) for tokens in dataset["tokens"]]
+
+    # -- data
+    def prepare(self, raw) -> None:
+        labels = class_names(raw["train"], "tags")
+        for tag in labels:
+            try:
+                split_tag(tag)
+            except LmlabError as e:
+                raise LmlabError(f"data.train: {e}") from None
+        self.labels = labels
+
+    def restore(self, model) -> None:
+        self.labels = labels_of(model)
+
+    def gold(self, dataset, split: str) -> list[list[int]]:
+        """Each example's tags as ids of the objective's label set."""
+        to_ours = id_map(class_names(dataset, "tags", split), self.labels, split)
+        out = []
+        for row, (tokens, tags) in enumerate(zip(dataset["tokens"], dataset["tags"])):
+            if len(tokens) != len(tags):
+                raise LmlabError(
+                    f"data.{split}: row {row} has {len(tokens)} tokens but {len(tags)} tags"
+                )
+            out.append([to_ours[t] for t in tags])
+        return out
+
+    def preprocess(self, dataset, split: str):
+        if not getattr(self.tokenizer, "is_fast", False):
+            raise LmlabError(
+                "model.tokenizer: token classification needs a fast (Rust) tokenizer to align "
+                f"tags with sub-words; {type(self.tokenizer).__name__} is not one"
+            )
+        if split != "predict":
+            require(dataset, self.required_columns)
+        gold = None if split == "predict" else self.gold(dataset, split)
+        words = words_of(dataset)
+        tok, max_length = self.tokenizer, self.max_length
+
+        def encode(batch, indices):
+            enc = tok(
+                [words[i] for i in indices],
+                is_split_into_words=True,
+                truncation=True,
+                max_length=max_length,
+            )
+            out = {"input_ids": enc["input_ids"], "example_id": indices, "word_index": []}
+            if "token_type_ids" in enc:
+                out["token_type_ids"] = enc["token_type_ids"]
+            for j in range(len(indices)):
+                ids = enc.word_ids(j)
+                first = [w is not None and (k == 0 or ids[k - 1] != w) for k, w in enumerate(ids)]
+                out["word_index"].append([w if f else -1 for w, f in zip(ids, first)])
+            if gold is not None:
+                out["labels"] = [
+                    [gold[i][w] if w >= 0 else IGNORE for w in word_index]
+                    for i, word_index in zip(indices, out["word_index"])
+                ]
+            return out
+
+        return dataset.map(
+            encode, batched=True, with_indices=True, remove_columns=dataset.column_names
+        )
+
+    def collate(self, features):
+        keys = {"input_ids": self.tokenizer.pad_token_id, "word_index": -1}
+        if "token_type_ids" in features[0]:
+            keys["token_type_ids"] = 0
+        if "labels" in features[0]:
+            keys["labels"] = IGNORE
+        batch = self.pad(features, keys)
+        batch["example_id"] = torch.tensor([f["example_id"] for f in features])
+        return batch
+
+    def fingerprint(self):
+        return {**super().fingerprint(), "labels": self.labels}
+
+    # -- model
+    def model_config(self) -> dict:
+        return label_config(self.labels, self.cfg.classifier_dropout)
+
+    def _forward(self, model, batch):
+        """Logits, and the loss and token accuracy over the labelled positions."""
+        logits = model(**self.model_inputs(batch)).logits
+        labelled = batch["labels"] != IGNORE
+        loss, accuracy = masked_cross_entropy(logits[labelled], batch["labels"][labelled])
+        return logits, loss, accuracy, int(labelled.sum())
+
+    def step(self, model, batch) -> Metrics:
+        _, loss, accuracy, n = self._forward(model, batch)
+        return {"loss": (loss, n), "accuracy": (accuracy, n)}
+
+    def _records(self, logits, batch) -> list[dict]:
+        preds = logits.argmax(-1).tolist()
+        return [
+            {"example_id": i, "pred": word_predictions(p, w)}
+            for i, p, w in zip(batch["example_id"].tolist(), preds, batch["word_index"].tolist())
+        ]
+
+    def eval_step(self, model, batch):
+        logits, loss, _, n = self._forward(model, batch)
+        return {"loss": (loss, n)}, self._records(logits, batch)
+
+    def tags(self, pred: list[int], n_words: int) -> list[str]:
+        """Tag names for a record's word predictions; missing words (truncated) are O."""
+        tags = [self.labels[p] if p >= 0 else "O" for p in pred[:n_words]]
+        return tags + ["O"] * (n_words - len(tags))
+
+    def score(self, records, examples, model) -> dict:
+        records = unique(records)
+        gold_ids = self.gold(examples, "validation")
+        gold = [[self.labels[t] for t in gold_ids[r["example_id"]]] for r in records]
+        pred = [self.tags(r["pred"], len(g)) for r, g in zip(records, gold)]
+        words = sum(map(len, gold))
+        correct = sum(a == b for g, p in zip(gold, pred) for a, b in zip(g, p))
+        return entity_scores(gold, pred) | {"accuracy": correct / max(words, 1)}
+
+    # -- lmlab-predict
+    def predict_step(self, model, batch) -> list[dict]:
+        return self._records(model(**self.model_inputs(batch)).logits, batch)
+
+    def decode(self, records, examples) -> list[dict]:
+        by_id = {r["example_id"]: r["pred"] for r in unique(records)}
+        outputs = []
+        for i, words in enumerate(words_of(examples)):
+            tags = self.tags(by_id[i], len(words))
+            spans = sorted(entities(tags), key=lambda s: s[1])
+            found = [
+                {"type": k, "start": s, "end": e, "text": " ".join(words[s:e])} for k, s, e in spans
+            ]
+            outputs.append({"tokens": list(words), "tags": tags, "entities": found})
+        return outputs
