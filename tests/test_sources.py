@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from lmlab.data.sources import load_source
+from lmlab.data.sources import load_source, to_iob2
 from lmlab.errors import LmlabError
 
 DEFAULTS = dict(
@@ -22,6 +22,11 @@ DEFAULTS = dict(
     val_fraction=0.25,
     max_train_samples=None,
     max_eval_samples=None,
+    labels=None,
+    token_column=0,
+    tag_column=-1,
+    skip_bad_rows=False,
+    val_group=None,
 )
 
 
@@ -135,6 +140,7 @@ def test_csv_with_column_mapping(tmp_path):
     assert data["train"].column_names == ["text", "label"]
     assert texts(data["train"]) == ["hello, world", "NA"]  # NA stays a string
     assert list(data["train"]["label"]) == [1, 0]
+    assert data["train"].features["label"].names == ["0", "1"]
     assert texts(data["validation"]) == ["bye"]
 
 
@@ -156,7 +162,9 @@ def test_jsonl_with_column_mapping(tmp_path):
     data, _ = load_source(cfg, seed=0)
     assert sorted(data["train"].column_names) == ["label", "text"]
     assert texts(data["train"]) == ["alpha", "beta"]
-    assert list(data["train"]["label"]) == ["pos", "neg"]
+    assert data["train"].features["label"].names == ["neg", "pos"]
+    assert list(data["train"]["label"]) == [1, 0]
+    assert list(data["validation"]["label"]) == [1]
 
 
 def test_mapped_column_replaces_existing_canonical(tmp_path):
@@ -256,3 +264,428 @@ def test_omegaconf_cfg(tmp_path):
     data, fp = load_source(cfg, seed=3)
     assert len(data["train"]) + len(data["validation"]) == 4
     assert fp == load_source(make_cfg(train=train, columns={"text": "text"}), seed=3)[1]
+
+
+# ---------------------------------------------------------------- readers
+
+
+def test_json_array_and_json_lines_in_a_json_file(tmp_path):
+    records = [{"body": "one", "y": 2}, {"body": "two", "y": 1}, {"body": "three", "y": 2}]
+    array = write(tmp_path / "a.json", json.dumps(records, indent=2))
+    lines = write(tmp_path / "l.json", "".join(json.dumps(r) + "\n" for r in records))
+    for train in (array, lines):
+        cfg = make_cfg(train=train, validation=train, columns={"text": "body", "label": "y"})
+        data, _ = load_source(cfg, seed=0)
+        assert texts(data["train"]) == ["one", "two", "three"]
+        assert data["train"].features["label"].names == ["1", "2"]
+        assert list(data["train"]["label"]) == [1, 0, 1]
+
+
+def test_csv_numbers_stay_strings_in_text_columns(tmp_path):
+    train = write(tmp_path / "t.csv", "sentence,score,label\n007,1.5,a\n42,-2,b\n")
+    cfg = make_cfg(train=train, validation=train, columns={"text": "sentence"})
+    data, _ = load_source(cfg, seed=0)
+    assert texts(data["train"]) == ["007", "42"]  # mapped onto text: never numbers
+    assert list(data["train"]["score"]) == [1.5, -2.0]
+
+
+def test_tsv_sst2_style_with_label_names(tmp_path):
+    train = write(tmp_path / "train.tsv", "sentence\tlabel\nit 's \" fine \t1\nbad \t0\ngood \t1\n")
+    cfg = make_cfg(
+        train=train, validation=train, columns={"text": "sentence"}, labels=["negative", "positive"]
+    )
+    data, _ = load_source(cfg, seed=0)
+    assert texts(data["train"]) == ["it 's \" fine ", "bad ", "good "]
+    assert data["train"].features["label"].names == ["negative", "positive"]
+    assert list(data["train"]["label"]) == [1, 0, 1]
+
+
+# ---------------------------------------------------------------- labels
+
+
+def test_string_labels_three_classes_sorted(tmp_path):
+    rows = [("a", "neutral"), ("b", "positive"), ("c", "negative"), ("d", "neutral")]
+    train = write(
+        tmp_path / "t.jsonl", "".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in rows)
+    )
+    val = write(tmp_path / "v.jsonl", json.dumps({"text": "e", "label": "positive"}) + "\n")
+    data, _ = load_source(make_cfg(train=train, validation=val), seed=0)
+    assert data["train"].features["label"].names == ["negative", "neutral", "positive"]
+    assert list(data["train"]["label"]) == [1, 2, 0, 1]
+    assert list(data["validation"]["label"]) == [2]
+
+
+def test_int_labels_sorted_numerically_and_indexing_given_names(tmp_path):
+    train = write(tmp_path / "t.csv", "text,label\na,10\nb,2\nc,2\nd,9\n")
+    data, _ = load_source(make_cfg(train=train, validation=train), seed=0)
+    assert data["train"].features["label"].names == ["2", "9", "10"]
+    assert list(data["train"]["label"]) == [2, 0, 0, 1]
+    named = make_cfg(train=train, validation=train, labels=["x", "y", "z"])
+    with pytest.raises(LmlabError, match=r"t\.csv:2: label 10 not in the label set"):
+        load_source(named, seed=0)
+    ok = write(tmp_path / "ok.csv", "text,label\na,2\nb,0\nc,1\n")
+    data, _ = load_source(make_cfg(train=ok, validation=ok, labels=["x", "y", "z"]), seed=0)
+    assert data["train"].features["label"].names == ["x", "y", "z"]
+    assert list(data["train"]["label"]) == [2, 0, 1]
+
+
+def test_label_setting_errors(tmp_path):
+    train = write(tmp_path / "t.jsonl", json.dumps({"text": "a", "label": 0.5}) + "\n")
+    with pytest.raises(LmlabError, match=r"data\.columns\.label: float values in train"):
+        load_source(make_cfg(train=train, validation=train), seed=0)
+    ok = write(tmp_path / "ok.jsonl", json.dumps({"text": "a", "label": "x"}) + "\n")
+    with pytest.raises(LmlabError, match=r"data\.labels: 'x' appears more than once"):
+        load_source(make_cfg(train=ok, validation=ok, labels=["x", "y", "x"]), seed=0)
+    mixed = write(tmp_path / "m.jsonl", '{"text": "a", "label": 1}\n{"text": "b", "label": "x"}\n')
+    with pytest.raises(LmlabError, match=r"m\.jsonl:2: column 'label' holds a str here but a int"):
+        load_source(make_cfg(train=mixed, validation=mixed), seed=0)
+
+
+# ---------------------------------------------------------------- bad rows
+
+
+def _squad(questions, version="1.1"):
+    """One article, one paragraph "The cat sat." with the given qas."""
+    paragraph = {"context": "The cat sat.", "qas": questions}
+    return json.dumps({"version": version, "data": [{"title": "Cats", "paragraphs": [paragraph]}]})
+
+
+BAD_ROWS = {
+    "empty text after a multi-line field": (
+        "t.csv",
+        'text,label\n"two\nlines",a\nok,b\n"  ",a\n',
+        {},
+        r"t\.csv:5: empty text$",
+    ),
+    "label outside data.labels": (
+        "t.tsv",
+        "sentence\tlabel\nfine\tpos\nmeh\tmixed\n",
+        {"columns": {"text": "sentence"}, "labels": ["neg", "pos"]},
+        r"t\.tsv:3: label 'mixed' not in the label set",
+    ),
+    "tokens and tags of different lengths": (
+        "t.jsonl",
+        '{"tokens": ["a"], "tags": ["O"]}\n\n{"tokens": ["a", "b"], "tags": ["O"]}\n',
+        {},
+        r"t\.jsonl:3: 2 tokens but 1 tags",
+    ),
+    "empty sentence": (
+        "t.jsonl",
+        '{"tokens": ["a"], "tags": ["O"]}\n{"tokens": [], "tags": []}\n',
+        {},
+        r"t\.jsonl:2: empty sentence",
+    ),
+    "answer not at answer_start": (
+        "t.json",
+        _squad(
+            [
+                {"id": "q1", "question": "Who?", "answers": [{"text": "cat", "answer_start": 4}]},
+                {"id": "q2", "question": "Did?", "answers": [{"text": "sat", "answer_start": 4}]},
+            ]
+        ),
+        {},
+        r"t\.json: article 0, paragraph 0, question q2: answer 'sat' is not at answer_start 4",
+    ),
+    "missing value in a mapped column": (
+        "t.jsonl",
+        '{"body": "a", "label": "x"}\n{"label": "y"}\n',
+        {"columns": {"text": "body"}},
+        r"t\.jsonl:2: missing value in column 'body'",
+    ),
+    "too many csv fields": ("t.csv", "text,label\na,x\nb,y,z\n", {}, r"t\.csv:3: 3 fields, but"),
+    "conll line with too few columns": (
+        "t.conll",
+        "-DOCSTART- O\n\nEU B-ORG\nrejects\n",
+        {},
+        r"t\.conll:4: too few columns \(1\)",
+    ),
+    "json array record": (
+        "t.json",
+        '[{"text": "a", "label": "x"}, {"text": "", "label": "x"}]',
+        {},
+        r"t\.json: record 1: empty text",
+    ),
+    "invalid json line": (
+        "t.jsonl",
+        '{"text": "a"}\n{"text": \n',
+        {},
+        r"t\.jsonl:2: not valid JSON",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_ROWS))
+def test_bad_row_names_file_and_line(tmp_path, name):
+    file, content, settings, message = BAD_ROWS[name]
+    train = write(tmp_path / file, content)
+    with pytest.raises(LmlabError, match=message):
+        load_source(make_cfg(train=train, validation=train, **settings), seed=0)
+
+
+def test_bad_row_in_validation_label_set_of_train(tmp_path):
+    train = write(tmp_path / "t.csv", "text,label\na,pos\nb,neg\n")
+    val = write(tmp_path / "v.csv", "text,label\nc,pos\nd,other\n")
+    with pytest.raises(LmlabError, match=r"v\.csv:3: label 'other' not in the label set"):
+        load_source(make_cfg(train=train, validation=val), seed=0)
+
+
+def test_undecodable_csv_line(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_bytes(b"text,label\na,x\nb \xff,y\nc,x\n")
+    with pytest.raises(LmlabError, match=r"t\.csv:3: not valid UTF-8"):
+        load_source(make_cfg(train=str(path), validation=str(path)), seed=0)
+    data, _ = load_source(make_cfg(train=str(path), validation=str(path), skip_bad_rows=True), 0)
+    assert texts(data["train"]) == ["a", "c"]
+    assert data.skipped["train"].counts == {"not valid UTF-8": 1}
+
+
+def test_skip_bad_rows_counts_and_summary(tmp_path, capsys):
+    train = write(tmp_path / "t.csv", "text,label\ngood,pos\n ,neg\nhmm,x\n\t,pos\nfine,neg\n")
+    val = write(tmp_path / "v.csv", "text,label\nok,pos\n")
+    cfg = make_cfg(train=train, validation=val, labels=["neg", "pos"], skip_bad_rows=True)
+    data, fp = load_source(cfg, seed=0)
+    assert texts(data["train"]) == ["good", "fine"]
+    assert list(data["train"]["label"]) == [1, 0]
+    skipped = data.skipped["train"]
+    assert skipped.counts == {"empty text": 2, "label 'x' not in the label set": 1}
+    assert skipped.first == f"{train}:3: empty text"
+    assert "validation" not in data.skipped
+    assert capsys.readouterr().err == (
+        "data.train: skipped 3 bad rows (2 empty text, 1 label 'x' not in the label set); "
+        f"first: {train}:3: empty text\n"
+    )
+
+
+def test_skip_bad_rows_conll_sentence(tmp_path):
+    path = tmp_path / "t.conll"
+    path.write_bytes(b"a O\nb O\n\nc \xff O\nd O\n\ne B-X\nf\n\ng O\n")
+    cfg = make_cfg(train=str(path), validation=str(path), skip_bad_rows=True)
+    data, _ = load_source(cfg, seed=0)
+    assert list(data["train"]["tokens"]) == [["a", "b"], ["g"]]
+    assert data.skipped["train"].counts == {"not valid UTF-8": 1, "too few columns": 1}
+
+
+# ---------------------------------------------------------------- conll and IOB2
+
+
+def test_to_iob2():
+    assert to_iob2(["I-PER", "I-PER", "O", "I-LOC", "B-LOC"]) == [
+        "B-PER",
+        "I-PER",
+        "O",
+        "B-LOC",
+        "B-LOC",
+    ]
+    assert to_iob2(["I-ORG", "I-PER"]) == ["B-ORG", "B-PER"]
+    assert to_iob2(["B-LOC", "I-PER", "I-PER", "O", "I-MISC"]) == [
+        "B-LOC",
+        "B-PER",
+        "I-PER",
+        "O",
+        "B-MISC",
+    ]
+    iob2 = ["B-PER", "I-PER", "B-PER", "O", "B-LOC", "I-LOC"]
+    assert to_iob2(iob2) == iob2
+    assert to_iob2(["PER", "O", "LOC"]) == ["PER", "O", "LOC"]
+    assert to_iob2([]) == []
+
+
+CONLL = """-DOCSTART- -X- -X- O
+
+EU NNP B-NP I-ORG
+rejects VBZ B-VP O
+German JJ B-NP I-MISC
+
+
+Peter NNP B-NP I-PER
+Blackburn NNP I-NP I-PER
+-DOCSTART- -X- -X- O
+
+Bonn NNP B-NP I-LOC
+"""
+
+
+def test_conll_parsing_docstart_and_iob1(tmp_path):
+    train = write(tmp_path / "train.conll", CONLL)
+    data, _ = load_source(make_cfg(train=train, validation=train), seed=0)
+    assert data["train"].column_names == ["tokens", "tags"]
+    assert list(data["train"]["tokens"]) == [
+        ["EU", "rejects", "German"],
+        ["Peter", "Blackburn"],
+        ["Bonn"],
+    ]
+    names = data["train"].features["tags"].feature.names
+    assert names == ["O", "B-LOC", "B-MISC", "B-ORG", "B-PER", "I-PER"]
+    tags = [[names[t] for t in row] for row in data["train"]["tags"]]
+    assert tags == [["B-ORG", "O", "B-MISC"], ["B-PER", "I-PER"], ["B-LOC"]]
+
+
+def test_conll_tag_column_choice_and_given_tags(tmp_path):
+    train = write(tmp_path / "t.txt", CONLL)
+    cfg = make_cfg(train=train, validation=train, format="conll", tag_column=2)
+    data, _ = load_source(cfg, seed=0)
+    names = data["train"].features["tags"].feature.names
+    assert names == ["B-NP", "I-NP", "B-VP"]
+    assert [names[t] for t in data["train"]["tags"][1]] == ["B-NP", "I-NP"]
+    given = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
+    data, _ = load_source(make_cfg(train=train, validation=train, format="conll", labels=given), 0)
+    assert data["train"].features["tags"].feature.names == given
+    assert list(data["train"]["tags"]) == [[3, 0, 7], [1, 2], [5]]
+    with pytest.raises(LmlabError, match=r"t\.txt:3: tag 'B-MISC' not in the tag set"):
+        load_source(make_cfg(train=train, validation=train, format="conll", labels=given[:7]), 0)
+
+
+# ---------------------------------------------------------------- squad
+
+
+def test_squad_v1_flattening(tmp_path):
+    qas = [
+        {"id": "q1", "question": "Who sat?", "answers": [{"text": "The cat", "answer_start": 0}]},
+        {
+            "id": "q2",
+            "question": "What did it do?",
+            "answers": [{"text": "sat", "answer_start": 8}, {"text": "sat.", "answer_start": 8}],
+        },
+    ]
+    train = write(tmp_path / "dev.json", _squad(qas))  # auto: recognised as SQuAD
+    data, _ = load_source(make_cfg(train=train, validation=train), seed=0)
+    assert data["train"].to_list() == [
+        {
+            "id": "q1",
+            "title": "Cats",
+            "context": "The cat sat.",
+            "question": "Who sat?",
+            "answers": {"text": ["The cat"], "answer_start": [0]},
+        },
+        {
+            "id": "q2",
+            "title": "Cats",
+            "context": "The cat sat.",
+            "question": "What did it do?",
+            "answers": {"text": ["sat", "sat."], "answer_start": [8, 8]},
+        },
+    ]
+
+
+def test_squad_v2_impossible_questions(tmp_path):
+    qas = [
+        {"id": "a", "question": "Who?", "answers": [{"text": "cat", "answer_start": 4}]},
+        {
+            "id": "b",
+            "question": "Dog?",
+            "is_impossible": True,
+            "answers": [],
+            "plausible_answers": [{"text": "cat", "answer_start": 5}],  # wrong, but ignored
+        },
+    ]
+    train = write(tmp_path / "v2.txt", _squad(qas, "v2.0"))
+    data, _ = load_source(make_cfg(train=train, validation=train, format="squad"), seed=0)
+    assert list(data["train"]["answers"]) == [
+        {"text": ["cat"], "answer_start": [4]},
+        {"text": [], "answer_start": []},
+    ]
+
+
+# ---------------------------------------------------------------- val_group
+
+
+def test_val_group_keeps_groups_whole(tmp_path):
+    sizes = {"A": 5, "B": 3, "C": 8, "D": 2, "E": 6, "F": 4, "G": 2}  # 30 rows
+    rows = [{"text": f"{t}{i}", "title": t} for t, n in sizes.items() for i in range(n)]
+    train = write(tmp_path / "t.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    cfg = make_cfg(train=train, val_group="title", val_fraction=0.2)
+    for seed in range(5):
+        data, _ = load_source(cfg, seed=seed)
+        train_titles = set(data["train"]["title"])
+        val_titles = set(data["validation"]["title"])
+        assert not train_titles & val_titles and train_titles | val_titles == set(sizes)
+        assert len(data["validation"]) == sum(sizes[t] for t in val_titles)
+        assert 3 <= len(data["validation"]) <= 9  # about 20% of 30
+    a, _ = load_source(cfg, seed=3)
+    b, _ = load_source(cfg, seed=3)
+    assert texts(a["validation"]) == texts(b["validation"])
+
+
+def test_val_group_errors(tmp_path):
+    train = write(
+        tmp_path / "t.jsonl", '{"text": "a", "title": "x"}\n{"text": "b", "title": "x"}\n'
+    )
+    with pytest.raises(LmlabError, match=r"data\.val_group: train has 1 group\(s\) of 'title'"):
+        load_source(make_cfg(train=train, val_group="title"), seed=0)
+    with pytest.raises(LmlabError, match=r"data\.val_group: no column 'doc' in train"):
+        load_source(make_cfg(train=train, val_group="doc"), seed=0)
+
+
+# ---------------------------------------------------------------- hub directories
+
+
+def test_hub_save_to_disk_with_class_label_tags(tmp_path):
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, List, Value
+
+    names = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]  # the hub's order stands
+    features = Features(tokens=List(Value("string")), ner_tags=List(ClassLabel(names=names)))
+    train = {"tokens": [["Ann", "Lee"], ["in", "Rome"]], "ner_tags": [[1, 2], [0, 3]]}
+    bad = {"tokens": [["ok"], ["a", "b"]], "ner_tags": [[0], [0]]}
+    DatasetDict(
+        train=Dataset.from_dict(train, features=features),
+        validation=Dataset.from_dict(bad, features=features),
+    ).save_to_disk(str(tmp_path / "hub"))
+    cfg = make_cfg(source="hub", hub_name=str(tmp_path / "hub"), columns={"tags": "ner_tags"})
+    with pytest.raises(LmlabError, match=r"hub\[validation\] record 1: 2 tokens but 1 tags"):
+        load_source(cfg, seed=0)
+    data, _ = load_source(make_cfg(**{**vars(cfg), "skip_bad_rows": True}), seed=0)
+    assert data["train"].features["tags"].feature.names == names
+    assert list(data["train"]["tags"]) == [[1, 2], [0, 3]]
+    assert list(data["validation"]["tokens"]) == [["ok"]]
+
+
+def test_hub_class_labels_and_unlabelled_test(tmp_path):
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+
+    features = Features(sentence=Value("string"), label=ClassLabel(names=["negative", "positive"]))
+    split = lambda labels: Dataset.from_dict(  # noqa: E731
+        {"sentence": [f"s{i}" for i in range(len(labels))], "label": labels}, features=features
+    )
+    DatasetDict(
+        train=split([0, 1, 1]), validation=split([1, -1]), test=split([-1, -1])
+    ).save_to_disk(str(tmp_path / "glue"))
+    cfg = make_cfg(source="hub", hub_name=str(tmp_path / "glue"), columns={"text": "sentence"})
+    with pytest.raises(LmlabError, match=r"glue\[validation\] record 1: no label \(-1\)"):
+        load_source(cfg, seed=0)
+    data, _ = load_source(make_cfg(**{**vars(cfg), "skip_bad_rows": True}), seed=0)
+    assert set(data) == {"train", "validation"}  # the unlabelled test split is left out
+    assert data["train"].features["label"].names == ["negative", "positive"]
+    assert list(data["validation"]["label"]) == [1]
+    with pytest.raises(LmlabError, match=r"data\.labels: \['neg', 'pos'\] differ from the names"):
+        load_source(make_cfg(**{**vars(cfg), "labels": ["neg", "pos"]}), seed=0)
+
+
+# ---------------------------------------------------------------- real data (slow)
+
+SHARED = os.environ.get(
+    "LMLAB_DATA_DIR", os.path.join(os.path.dirname(__file__), "../../shared/data")
+)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir(SHARED), reason=f"no shared data at {SHARED}")
+@pytest.mark.parametrize(
+    "preset,sizes",
+    [
+        ("sst2", {"train": 67349, "validation": 872}),
+        ("conll2003", {"train": 14041, "validation": 3250, "test": 3453}),
+        ("squad", None),
+    ],
+)
+def test_real_presets(preset, sizes, monkeypatch):
+    from lmlab.build import compose
+
+    monkeypatch.setenv("LMLAB_DATA_DIR", os.path.abspath(SHARED))
+    data, _ = load_source(compose([f"data={preset}"]).data, seed=42)
+    if sizes:
+        assert {name: len(ds) for name, ds in data.items()} == sizes
+        return
+    titles = set(data["train"]["title"]), set(data["validation"]["title"])
+    assert len(data["train"]) + len(data["validation"]) == 10570
+    assert len(titles[0] | titles[1]) == 48 and not titles[0] & titles[1]
+    assert 0.15 < len(data["validation"]) / 10570 < 0.25

@@ -1,65 +1,207 @@
 """Data sources: where examples come from, and which columns get the canonical names.
 
 A source never knows the task; it only yields a ``datasets.DatasetDict`` whose mapped
-columns carry canonical names (``text``, ``label``, ...), plus a fingerprint of its inputs.
+columns carry canonical names, plus a fingerprint of its inputs. Canonical columns:
+
+- classification: ``text``, optional ``text_pair``, ``label`` (a ``ClassLabel``);
+- NER: ``tokens`` (list of str), ``tags`` (a list of ``ClassLabel``, IOB2 tags);
+- QA: ``id``, ``title``, ``question``, ``context``, ``answers`` = {"text": [...],
+  "answer_start": [...]} (empty lists: no answer);
+- text generation and pre-training: ``text``, or ``prompt`` + ``completion``.
 
 Sources (``data.source``):
 
 - ``files``: local files. Each of ``data.train/validation/test`` is a file, a directory
   (every non-hidden file in it, sorted) or a glob. ``data.format`` picks the reader
-  (``auto`` goes by extension). Text files become one column ``text`` split into documents
-  per ``data.documents``; csv/tsv/json/jsonl go through ``datasets.load_dataset``.
-- ``hub``: ``datasets.load_dataset(data.hub_name, data.hub_subset)``; hub_name may be a hub
-  id or a local directory. ``data.train/validation/test`` are split names.
+  (``auto`` goes by extension: .csv .tsv .json .jsonl .conll; anything else is text):
+
+  - ``text``: one column ``text`` split into documents per ``data.documents``;
+  - ``csv`` / ``tsv``: a header line, then one row per record (tsv: no quoting, since
+    SST-2 has bare ``"`` in its sentences). Values stay strings ("NA" and "" included),
+    except that a column of integers (or of decimal numbers) becomes numbers, unless it
+    maps onto a string column such as ``text``;
+  - ``json``: a JSON array of records, or JSON lines; a SQuAD file is recognised;
+  - ``jsonl``: one JSON object per line;
+  - ``conll``: whitespace-separated columns, the word in ``data.token_column``, the tag in
+    ``data.tag_column`` (-1: the last); ``-DOCSTART-`` lines are skipped and blank lines end
+    sentences; one row (``tokens``, ``tags``) per sentence;
+  - ``squad``: SQuAD v1.1 / v2.0 JSON, one row per question (``is_impossible``: no answer;
+    ``plausible_answers`` are ignored).
+
+- ``hub``: ``datasets.load_dataset(data.hub_name, data.hub_subset)``, or ``load_from_disk``
+  when hub_name is a directory written by ``save_to_disk``. ``data.train/validation/test``
+  are split names; a validation or test split that is not named is used when present,
+  unless all its labels are -1 (GLUE's unlabelled test sets).
 - ``pydoc``: an offline corpus every Python installation carries: the ~79 help topics of
   ``pydoc_data.topics.topics`` (~465k characters), one document per topic in column
   ``text``. It has no splits of its own, so ``data.train/validation/test`` are ignored and
   validation is carved off train.
 
+``data.columns.<canonical>=<source column>`` renames columns. Then every row is checked,
+whatever the source, and each row knows where it came from (``file:line``; ``file: record
+N`` in a JSON array; ``file: article A, paragraph P, question ID`` in SQuAD; ``name[split]
+record N`` on the hub; records, articles and paragraphs count from 0). Bad rows: a missing
+value in a canonical column, undecodable bytes, a malformed line, an empty ``text`` next to
+a ``label``, a label or tag outside the label set, ``tokens`` and ``tags`` of different
+lengths (or none), an answer that is not at its ``answer_start`` in the context. The first
+one stops the run (``LmlabError("<where>: <reason>")``); with ``data.skip_bad_rows=true``
+they are dropped, one summary per split is printed to stderr, and the counts are in the
+``skipped`` attribute of the returned splits (see ``Splits``), outside the fingerprint.
+
+Labels become a ``ClassLabel``: strings must be in ``data.labels`` and integers index it;
+without ``data.labels``, the label set is the sorted distinct labels of train. Tags are
+first converted to IOB2 (``to_iob2``), then the tag set is ``data.labels`` or train's tags,
+"O" first, then by entity type, B- before I-. Columns that already are a ``ClassLabel``
+(hub data) keep their names.
+
 Whenever no validation split is given or found, ``data.val_fraction`` of train is carved
-off, deterministically for a seed.
+off, deterministically for a seed; with ``data.val_group`` (e.g. ``title``), whole groups
+of rows sharing a value of that column are moved, about val_fraction of the rows.
 """
 
 from __future__ import annotations
 
+import bisect
+import csv
 import glob
 import hashlib
 import json
 import os
 import random
+import re
 import sys
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
+
+from datasets import DatasetDict
 
 from lmlab.errors import LmlabError
 
 SOURCES = ("files", "hub", "pydoc")
-FORMATS = ("auto", "text", "csv", "tsv", "json", "jsonl")
+FORMATS = ("auto", "text", "csv", "tsv", "json", "jsonl", "conll", "squad")
 DOCUMENTS = ("blank_line", "line", "file")
 SPLITS = ("train", "validation", "test")
 # Any other extension (or none) is read as text.
-_FORMAT_BY_EXT = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl"}
-_CSV_QUOTE_NONE = 3  # csv.QUOTE_NONE: SST-2's TSV has bare '"' inside sentences
+_FORMAT_BY_EXT = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".json": "json",
+    ".jsonl": "jsonl",
+    ".conll": "conll",
+}
+CANONICAL = (
+    *("text", "text_pair", "label", "tokens", "tags"),
+    *("id", "title", "question", "context", "answers", "prompt", "completion"),
+)
+_STRING_COLUMNS = ("text", "text_pair", "id", "title", "question", "context", "prompt")
+_STRING_COLUMNS += ("completion",)
+_INT = re.compile(r"[-+]?\d+")
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+# The DataConfig defaults of the settings added for fine-tuning, for plain configs that lack them.
+_NEW_SETTINGS = {
+    "labels": None,
+    "token_column": 0,
+    "tag_column": -1,
+    "skip_bad_rows": False,
+    "val_group": None,
+}
+
+
+@dataclass
+class BadRows:
+    """The bad rows dropped from one split (data.skip_bad_rows=true)."""
+
+    counts: dict[str, int] = field(default_factory=dict)  # reason -> rows
+    first: str = ""  # "<where>: <reason>" of the first one
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def summary(self, split: str) -> str:
+        reasons = ", ".join(f"{n} {reason}" for reason, n in self.counts.items())
+        noun = "row" if self.total == 1 else "rows"
+        return f"data.{split}: skipped {self.total} bad {noun} ({reasons}); first: {self.first}"
+
+
+class Splits(DatasetDict):
+    """The splits ``load_source`` returns; ``skipped`` maps a split to the ``BadRows`` dropped
+    from it (only splits that lost rows; kept out of the fingerprint)."""
+
+    skipped = MappingProxyType({})
+
+
+class _Bad:
+    """Collects the bad rows of one split: raises on the first, or counts them when skipping."""
+
+    def __init__(self, skip: bool):
+        self.skip = skip
+        self.rows = BadRows()
+
+    def add(self, where: str, reason: str, detail: str | None = None) -> None:
+        message = f"{where}: {detail or reason}"
+        if not self.skip:
+            raise LmlabError(message)
+        self.rows.counts[reason] = self.rows.counts.get(reason, 0) + 1
+        self.rows.first = self.rows.first or message
+
+
+class _Where:
+    """Where each row of a split came from, described on demand (a split may join files)."""
+
+    def __init__(self):
+        self.starts: list[int] = []
+        self.parts: list[Callable[[int], str]] = []
+        self.size = 0
+
+    def add(self, n: int, describe: Callable[[int], str]) -> None:
+        self.starts.append(self.size)
+        self.parts.append(describe)
+        self.size += n
+
+    def __call__(self, i: int) -> str:
+        k = bisect.bisect_right(self.starts, i) - 1
+        return self.parts[k](i - self.starts[k])
 
 
 def load_source(cfg, seed: int):
-    """Load the splits ``cfg`` (the ``data`` config section) describes.
+    """Load and check the splits ``cfg`` (the ``data`` config section) describes.
 
-    Returns ``(DatasetDict, fingerprint)``: splits ``train`` and ``validation`` always,
-    ``test`` when given or found; the fingerprint is a sha1 hex digest of the inputs'
-    identity, every setting and ``seed``.
+    Returns ``(Splits, fingerprint)``: splits ``train`` and ``validation`` always, ``test``
+    when given or found; ``Splits.skipped`` holds the bad rows dropped per split. The
+    fingerprint is a sha1 hex digest of the inputs' identity, every setting and ``seed``.
     """
-    from datasets import DatasetDict
-
     _check_choice("data.source", cfg.source, SOURCES)
     _check_choice("data.format", cfg.format, FORMATS)
     _check_choice("data.documents", cfg.documents, DOCUMENTS)
+    skip = bool(_setting(cfg, "skip_bad_rows"))
     loader = {"files": _load_files, "hub": _load_hub, "pydoc": _load_pydoc}[cfg.source]
-    splits, identity = loader(cfg)
-    splits = {name: _rename_columns(ds, cfg.columns, name) for name, ds in splits.items()}
+    loaded, identity = loader(cfg, skip)
+    splits, skipped, label_sets = {}, {}, {}
+    for name, (ds, where, bad) in loaded.items():  # train first: it fixes the label sets
+        ds = _rename_columns(ds, cfg.columns, name)
+        splits[name] = _check_rows(ds, where, bad, name, cfg, label_sets)
+        if bad.rows.total:
+            skipped[name] = bad.rows
+            print(bad.rows.summary(name), file=sys.stderr, flush=True)
+        if len(splits[name]) == 0:
+            raise LmlabError(f"data.{name}: no rows left ({getattr(cfg, name, None)!r})")
     if "validation" not in splits:
-        splits["train"], splits["validation"] = _carve(splits["train"], cfg.val_fraction, seed)
-    splits = _truncate(splits, cfg.max_train_samples, cfg.max_eval_samples)
-    return DatasetDict(splits), _fingerprint(cfg, seed, identity)
+        group = _setting(cfg, "val_group")
+        carve = _carve_groups if group else _carve
+        splits["train"], splits["validation"] = carve(
+            splits["train"], cfg.val_fraction, seed, group
+        )
+    splits = Splits(_truncate(splits, cfg.max_train_samples, cfg.max_eval_samples))
+    splits.skipped = MappingProxyType(skipped)
+    return splits, _fingerprint(cfg, seed, identity)
+
+
+def _setting(cfg, key):
+    return getattr(cfg, key, _NEW_SETTINGS[key])
 
 
 def _check_choice(key, value, allowed):
@@ -70,7 +212,7 @@ def _check_choice(key, value, allowed):
 # ---------------------------------------------------------------- files
 
 
-def _load_files(cfg):
+def _load_files(cfg, skip):
     if cfg.train is None:
         raise LmlabError("data.train: required when data.source is 'files'")
     splits, identity = {}, {}
@@ -80,7 +222,9 @@ def _load_files(cfg):
             continue
         key = f"data.{name}"
         paths = _resolve(key, spec)
-        splits[name] = _read_split(key, spec, paths, cfg)
+        bad = _Bad(skip)
+        ds, where = _read_split(key, spec, paths, cfg, bad)
+        splits[name] = (ds, where, bad)
         # Size + mtime_ns is cheap and changes whenever the content does in practice.
         identity[name] = [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in paths]
     return splits, identity
@@ -111,26 +255,72 @@ def _file_format(key, paths, fmt):
     return found.pop()
 
 
-def _read_split(key, spec, paths, cfg):
+def _read_split(key, spec, paths, cfg, bad):
+    """Reads the files of one split -> (Dataset, where)."""
     from datasets import Dataset
 
     fmt = _file_format(key, paths, cfg.format)
-    if fmt != "text":
-        return _read_tabular(key, spec, paths, fmt)
-    docs = [doc for p in paths for doc in _split_documents(_read_text(p), cfg.documents)]
-    if not docs:
-        raise LmlabError(f"{key}: no non-empty documents in {spec!r}")
-    return Dataset.from_dict({"text": docs})
+    where = _Where()
+    if fmt == "text":
+        docs = []
+        for p in paths:
+            text = "\n".join(line for line in _decode(p, bad) if line is not None)
+            docs += _split_documents(text, cfg.documents)
+        if not docs:
+            raise LmlabError(f"{key}: no non-empty documents in {spec!r}")
+        where.add(len(docs), lambda i: f"{spec}: document {i}")
+        return Dataset.from_dict({"text": docs}), where
+    parts = []
+    for p in paths:
+        columns, n, describe = _read_file(p, fmt, cfg, bad)
+        parts.append(columns)
+        where.add(n, describe)
+    columns = _join_columns(parts, where.size)
+    if fmt == "squad":
+        return Dataset.from_dict(columns, features=_squad_features()), where
+    return _to_dataset(columns, where), where
 
 
-def _read_text(path):
-    # Our own reader (not load_dataset("text")) so bad bytes are reported as file:line.
+def _read_file(path, fmt, cfg, bad):
+    """One file -> (columns, number of rows, describe(row) -> where)."""
+    if fmt in ("csv", "tsv"):
+        keep_str = {dict(cfg.columns or {}).get(c, c) for c in _STRING_COLUMNS}
+        return _read_csv(path, fmt == "tsv", keep_str, bad)
+    if fmt == "conll":
+        return _read_conll(path, _setting(cfg, "token_column"), _setting(cfg, "tag_column"), bad)
+    if fmt == "squad":
+        return _read_squad(path, _load_json_document(path), bad)
+    if fmt == "json":
+        document = _json_document(path)
+        if isinstance(document, dict) and isinstance(document.get("data"), list):
+            return _read_squad(path, document, bad)
+        if isinstance(document, list):
+            return _read_records(path, document, bad)
+    return _read_jsonl(path, bad)
+
+
+def _decode(path, bad) -> list[str | None]:
+    """The lines of a UTF-8 file (without their newline); an undecodable line is a bad row,
+    and None in the list when skipped."""
     data = path.read_bytes()
     try:
-        return data.decode("utf-8").removeprefix("\ufeff")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise LmlabError(f"{path}:{line}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+        return data.decode("utf-8").removeprefix("\ufeff").split("\n")
+    except UnicodeDecodeError:
+        if not bad.skip:
+            _read_text(path)  # raises, naming the first bad line
+    lines, offset = [], 0
+    for n, raw in enumerate(data.split(b"\n"), 1):
+        try:
+            lines.append(raw.decode("utf-8").removeprefix("\ufeff") if n == 1 else raw.decode())
+        except UnicodeDecodeError as e:
+            bad.add(
+                f"{path}:{n}",
+                "not valid UTF-8",
+                f"not valid UTF-8 ({e.reason} at byte {offset + e.start})",
+            )
+            lines.append(None)
+        offset += len(raw) + 1
+    return lines
 
 
 def _split_documents(text, mode):
@@ -149,41 +339,258 @@ def _split_documents(text, mode):
     return docs
 
 
-def _read_tabular(key, spec, paths, fmt):
-    from datasets import load_dataset
-    from datasets.exceptions import DatasetGenerationError
+def _read_csv(path, tsv, keep_str, bad):
+    lines = _decode(path, bad)
+    pulled: list[int] = []  # the physical line of every line the csv reader has taken
 
-    files = [str(p) for p in paths]
-    if fmt == "json" or fmt == "jsonl":
-        args, kwargs = ("json",), {}
-    else:
-        # keep_default_na=False: a sentence like "null" or "NA" must stay a string.
-        args, kwargs = ("csv",), {"keep_default_na": False}
-        if fmt == "tsv":
-            kwargs.update(delimiter="\t", quoting=_CSV_QUOTE_NONE)
+    def feed():
+        for n, line in enumerate(lines, 1):
+            if line is not None:
+                pulled.append(n)
+                yield line + "\n"
+
+    options = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if tsv else {}
+    reader = csv.reader(feed(), **options)
+    header = next(reader, None)
+    if not header:
+        raise LmlabError(f"{path}:1: expected a header line naming the columns")
+    rows, at = [], []
+    while True:
+        taken = len(pulled)
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as e:
+            bad.add(f"{path}:{pulled[taken]}", "malformed csv", f"malformed csv ({e})")
+            continue
+        if not row:  # a blank line
+            continue
+        if len(row) > len(header):
+            detail = f"{len(row)} fields, but the header has {len(header)}"
+            bad.add(f"{path}:{pulled[taken]}", "too many fields", detail)
+            continue
+        rows.append(row + [None] * (len(header) - len(row)))
+        at.append(pulled[taken])
+    columns = {
+        name: _infer([r[j] for r in rows], name in keep_str) for j, name in enumerate(header)
+    }
+    return columns, len(rows), lambda i: f"{path}:{at[i]}"
+
+
+def _infer(values, keep_str):
+    """A column of integers (or decimal numbers) becomes numbers; everything else stays str."""
+    present = [v for v in values if v is not None]
+    if keep_str or not present:
+        return values
+    for pattern, kind in ((_INT, int), (_FLOAT, float)):
+        if all(pattern.fullmatch(v) for v in present):
+            return [None if v is None else kind(v) for v in values]
+    return values
+
+
+def _read_jsonl(path, bad):
+    records, at = [], []
+    for n, line in enumerate(_decode(path, bad), 1):
+        if line is None or not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            bad.add(f"{path}:{n}", "not valid JSON", f"not valid JSON ({e.msg})")
+            continue
+        if not isinstance(record, dict):
+            bad.add(f"{path}:{n}", "not a JSON object")
+            continue
+        records.append(record)
+        at.append(n)
+    return _record_columns(records), len(records), lambda i: f"{path}:{at[i]}"
+
+
+def _json_document(path):
+    """A whole-file JSON array or object; None when the file is JSON lines."""
+    data = path.read_bytes().removeprefix(b"\xef\xbb\xbf").lstrip()
+    if data.startswith(b"["):
+        return _load_json_document(path)
+    if data.startswith(b"{"):
+        try:
+            return json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return None  # several objects (JSON lines); bad bytes are reported per line
+    return None
+
+
+def _load_json_document(path):
+    text = _read_text(path)
     try:
-        return load_dataset(*args, data_files={"train": files}, split="train", **kwargs)
-    except DatasetGenerationError as e:
-        raise LmlabError(f"{key}: cannot read {spec!r} as {fmt}: {e.__cause__ or e}") from None
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise LmlabError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+
+
+def _read_text(path):
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise LmlabError(f"{path}:{line}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+
+
+def _read_records(path, document, bad):
+    records, at = [], []
+    for n, record in enumerate(document):
+        if isinstance(record, dict):
+            records.append(record)
+            at.append(n)
+        else:
+            bad.add(f"{path}: record {n}", "not a JSON object")
+    return _record_columns(records), len(records), lambda i: f"{path}: record {at[i]}"
+
+
+def _record_columns(records):
+    names = list(dict.fromkeys(k for r in records for k in r))
+    return {name: [r.get(name) for r in records] for name in names}
+
+
+def _read_conll(path, token_column, tag_column, bad):
+    tokens, tags, at = [], [], []
+    sentence, labels, start, broken = [], [], 0, False
+    for n, line in enumerate([*_decode(path, bad), ""], 1):  # "" flushes the last sentence
+        if line is None:  # undecodable: already counted, drop its sentence
+            broken = True
+            continue
+        parts = line.split()
+        if parts and parts[0] == "-DOCSTART-":
+            continue
+        if not parts:
+            if sentence and not broken:
+                tokens.append(sentence)
+                tags.append(labels)
+                at.append(start)
+            sentence, labels, broken = [], [], False
+            continue
+        if not sentence and not broken:
+            start = n
+        if broken:
+            continue
+        columns = _conll_columns(len(parts), token_column, tag_column)
+        if columns is None:
+            setting = f"data.token_column={token_column}, data.tag_column={tag_column}"
+            bad.add(
+                f"{path}:{n}", "too few columns", f"too few columns ({len(parts)}) for {setting}"
+            )
+            broken = True
+            continue
+        word, tag = parts[columns[0]], parts[columns[1]]
+        sentence.append(word)
+        labels.append(tag)
+    return {"tokens": tokens, "tags": tags}, len(tokens), lambda i: f"{path}:{at[i]}"
+
+
+def _conll_columns(n, token_column, tag_column):
+    """The word and tag positions in a line of n columns; None when it has too few for two."""
+    positions = [c if c >= 0 else n + c for c in (token_column, tag_column)]
+    if positions[0] == positions[1] or not all(0 <= c < n for c in positions):
+        return None
+    return positions
+
+
+def _read_squad(path, document, bad):
+    articles = document.get("data") if isinstance(document, dict) else None
+    if not isinstance(articles, list):
+        raise LmlabError(f"{path}: not a SQuAD file (expected an object with a 'data' list)")
+    rows, at = [], []
+    for a, article in enumerate(articles):
+        for p, paragraph in enumerate(article.get("paragraphs", [])):
+            context = paragraph.get("context")
+            for qa in paragraph.get("qas", []):
+                where = f"{path}: article {a}, paragraph {p}, question {qa.get('id')}"
+                answers = _squad_answers(qa)
+                if answers is None:
+                    bad.add(
+                        where,
+                        "malformed answers",
+                        "malformed answers (expected text and answer_start)",
+                    )
+                    continue
+                qid = qa.get("id")
+                row = {
+                    "id": None if qid is None else str(qid),
+                    "title": article.get("title", ""),
+                    "context": context,
+                    "question": qa.get("question"),
+                    "answers": answers,
+                }
+                rows.append(row)
+                at.append(where)
+    columns = {name: [r[name] for r in rows] for name in _squad_features()}
+    return columns, len(rows), lambda i: at[i]
+
+
+def _squad_answers(qa):
+    if qa.get("is_impossible"):
+        return {"text": [], "answer_start": []}
+    answers = qa.get("answers", [])
+    try:
+        texts = [a["text"] for a in answers]
+        starts = [a["answer_start"] for a in answers]
+    except (KeyError, TypeError):
+        return None
+    if not all(isinstance(t, str) for t in texts) or not all(type(s) is int for s in starts):
+        return None
+    return {"text": texts, "answer_start": starts}
+
+
+def _squad_features():
+    from datasets import Features, List, Value
+
+    answers = {"text": List(Value("string")), "answer_start": List(Value("int32"))}
+    text = Value("string")
+    return Features(id=text, title=text, context=text, question=text, answers=answers)
+
+
+def _join_columns(parts, size):
+    names = list(dict.fromkeys(name for part in parts for name in part))
+    columns = {name: [] for name in names}
+    for part in parts:
+        n = len(next(iter(part.values()))) if part else 0
+        for name in names:
+            columns[name] += part.get(name, [None] * n)
+    return columns if names else {}
+
+
+def _to_dataset(columns, where):
+    """Python columns -> Dataset; a column that mixes kinds of values is named at its row."""
+    import pyarrow as pa
+    from datasets import Dataset
+
+    try:
+        return Dataset.from_dict(columns)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        for name, values in columns.items():
+            kinds = [type(v) for v in values]
+            first = next((k for k in kinds if k is not type(None)), None)
+            odd = next((i for i, k in enumerate(kinds) if k not in (first, type(None))), None)
+            if odd is not None:
+                raise LmlabError(
+                    f"{where(odd)}: column {name!r} holds a {kinds[odd].__name__} here but "
+                    f"a {first.__name__} in earlier rows"
+                ) from None
+        raise
 
 
 # ---------------------------------------------------------------- hub
 
 
-def _load_hub(cfg):
-    from datasets import load_dataset
-
+def _load_hub(cfg, skip):
     if not cfg.hub_name:
         raise LmlabError("data.hub_name: required when data.source is 'hub'")
-    try:
-        loaded = load_dataset(cfg.hub_name, cfg.hub_subset)
-    except (FileNotFoundError, ValueError) as e:
-        raise LmlabError(
-            f"data.hub_name: cannot load {cfg.hub_name!r} (subset {cfg.hub_subset!r}): {e}"
-        ) from None
+    loaded = _hub_dataset(cfg.hub_name, cfg.hub_subset)
     wanted = {"train": cfg.train or "train", "validation": cfg.validation, "test": cfg.test}
     splits, identity = {}, {}
     for name, split in wanted.items():
+        named = split is not None
         if split is None and name in loaded:  # unnamed validation/test: use it if present
             split = name
         if split is None:
@@ -193,21 +600,272 @@ def _load_hub(cfg):
                 f"data.{name}: no split {split!r} in {cfg.hub_name!r} "
                 f"(available: {', '.join(loaded)})"
             )
-        splits[name] = loaded[split]
-        identity[name] = [split, loaded[split]._fingerprint]
+        ds = loaded[split]
+        if not named and _unlabelled(ds, dict(cfg.columns or {}).get("label", "label")):
+            print(f"data.{name}: split {split!r} has no labels (all -1); not used", flush=True)
+            continue
+        where = _Where()
+        where.add(len(ds), lambda i, s=split: f"{cfg.hub_name}[{s}] record {i}")
+        splits[name] = (ds, where, _Bad(skip))
+        identity[name] = [split, ds._fingerprint]
     return splits, identity
+
+
+def _hub_dataset(name, subset):
+    from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
+
+    path = Path(os.path.expanduser(name))
+    try:
+        if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
+            loaded = load_from_disk(str(path))
+            return DatasetDict(train=loaded) if isinstance(loaded, Dataset) else loaded
+        return load_dataset(name, subset)
+    except (FileNotFoundError, ValueError) as e:
+        raise LmlabError(f"data.hub_name: cannot load {name!r} (subset {subset!r}): {e}") from None
+
+
+def _unlabelled(ds, column):
+    from datasets import ClassLabel
+
+    if not isinstance(ds.features.get(column), ClassLabel) or len(ds) == 0:
+        return False
+    values = ds.data.column(column)
+    return values.null_count == 0 and set(values.unique().to_pylist()) == {-1}
 
 
 # ---------------------------------------------------------------- pydoc
 
 
-def _load_pydoc(cfg):
+def _load_pydoc(cfg, skip):
     from pydoc_data.topics import topics
 
     from datasets import Dataset
 
     docs = [topics[k].strip() for k in sorted(topics) if topics[k].strip()]
-    return {"train": Dataset.from_dict({"text": docs})}, {"python": sys.version}
+    where = _Where()
+    where.add(len(docs), lambda i: f"pydoc topic {i}")
+    return {"train": (Dataset.from_dict({"text": docs}), where, _Bad(skip))}, {
+        "python": sys.version
+    }
+
+
+# ---------------------------------------------------------------- checks
+
+
+def _check_rows(ds, where, bad, split, cfg, label_sets):
+    """Finds the bad rows of one split (raising on the first unless skipping), turns labels
+    and tags into ClassLabels and drops the bad rows."""
+    if ds._indices is not None:
+        ds = ds.flatten_indices()
+    _check_types(ds, split)
+    present = [c for c in CANONICAL if c in ds.column_names]
+    sources = {canonical: src for canonical, src in dict(cfg.columns or {}).items()}
+    problems: dict[int, tuple[str, str]] = {}
+    for c in present:
+        values = ds.data.column(c)
+        if values.null_count:
+            detail = f"missing value in column {sources.get(c, c)!r}"
+            _note(problems, (i for i, v in enumerate(values.to_pylist()) if v is None), detail)
+    columns = {
+        c: ds.data.column(c).to_pylist() for c in ("label", "tokens", "tags") if c in present
+    }
+    if "label" in present and "text" in present:
+        texts = ds.data.column("text").to_pylist()
+        _note(
+            problems,
+            (i for i, t in enumerate(texts) if t is not None and not t.strip()),
+            "empty text",
+        )
+    if "answers" in present and "context" in present:
+        _check_answers(ds, problems)
+    if "tokens" in present and "tags" in present:
+        _check_lengths(columns["tokens"], columns["tags"], problems)
+    labels = _setting(cfg, "labels")
+    given = None if labels is None else [str(name) for name in labels]
+    replaced = {}
+    for column in ("label", "tags"):
+        if column in present:
+            encoded = _encode(ds, column, columns[column], given, split, label_sets, problems)
+            if encoded is not None:
+                replaced[column] = encoded
+    for i in sorted(problems):
+        reason, detail = problems[i]
+        bad.add(where(i), reason, detail)
+    for column, (ids, feature) in replaced.items():
+        ds = _replace_column(ds, column, ids, feature)
+    if problems:
+        keep = [i for i in range(len(ds)) if i not in problems]
+        ds = ds.select(keep, new_fingerprint=_derive(ds, "drop", sorted(problems)))
+    return ds
+
+
+def _note(problems, rows, reason, detail=None):
+    for i in rows:
+        problems.setdefault(i, (reason, detail or reason))
+
+
+def _check_types(ds, split):
+    from datasets import Value
+
+    for c in _STRING_COLUMNS:
+        feature = ds.features.get(c)
+        if feature is None:
+            continue
+        if not isinstance(feature, Value) or feature.dtype not in (
+            "string",
+            "large_string",
+            "null",
+        ):
+            raise LmlabError(
+                f"data.columns.{c}: the {split} column {c!r} holds {feature} values; "
+                "expected strings"
+            )
+
+
+def _check_lengths(tokens, tags, problems):
+    for i, (words, labels) in enumerate(zip(tokens, tags)):
+        if words is None or labels is None:
+            continue
+        if len(words) != len(labels):
+            detail = f"{len(words)} tokens but {len(labels)} tags"
+            problems.setdefault(i, ("tokens and tags of different lengths", detail))
+        elif not words:
+            problems.setdefault(i, ("empty sentence", "empty sentence (no tokens)"))
+
+
+def _check_answers(ds, problems):
+    contexts = ds.data.column("context").to_pylist()
+    answers = ds.data.column("answers").to_pylist()
+    for i, (context, answer) in enumerate(zip(contexts, answers)):
+        if context is None or answer is None:
+            continue
+        texts, starts = answer.get("text") or [], answer.get("answer_start") or []
+        if len(texts) != len(starts):
+            detail = f"{len(texts)} answer texts but {len(starts)} answer_start values"
+            problems.setdefault(i, ("malformed answers", detail))
+            continue
+        for text, start in zip(texts, starts):
+            found = context[start : start + len(text)] if start >= 0 else ""
+            if found != text:
+                detail = f"answer {text!r} is not at answer_start {start} (found {found!r})"
+                problems.setdefault(i, ("answer not at answer_start", detail))
+                break
+
+
+# ---------------------------------------------------------------- labels and tags
+
+
+def to_iob2(tags: list[str]) -> list[str]:
+    """IOB1 (or IOB2) tags -> IOB2: an ``I-X`` that does not continue an entity of type X
+    starts one (``B-X``); valid IOB2 and tags without an ``I-`` prefix are unchanged."""
+    out: list[str] = []
+    for tag in tags:
+        if tag.startswith("I-"):
+            prev = out[-1] if out else "O"
+            if prev[:2] not in ("B-", "I-") or prev[2:] != tag[2:]:
+                tag = "B-" + tag[2:]
+        out.append(tag)
+    return out
+
+
+def _tag_order(tag: str):
+    """ "O" first, then by entity type, B- before I- (other prefixes after, bare tags first)."""
+    if tag == "O":
+        return (0, "", 0, "")
+    if len(tag) > 2 and tag[1] == "-":
+        prefix, kind = tag[0], tag[2:]
+        return (1, kind, "BI".index(prefix) if prefix in "BI" else 2, prefix)
+    return (1, tag, -1, "")
+
+
+def _encode(ds, column, values, given, split, label_sets, problems):
+    """Label (or tag) values -> (ClassLabel ids, feature); bad values are noted."""
+    from datasets import ClassLabel, List
+
+    feature = ds.features[column]
+    nested = column == "tags"
+    inner = feature.feature if nested and isinstance(feature, List) else feature
+    if isinstance(inner, ClassLabel):  # hub data: its names stand
+        if given is not None and given != inner.names:
+            raise LmlabError(
+                f"data.labels: {given} differ from the names {inner.names} "
+                f"of the {split} column {column!r}"
+            )
+        lookup = {i: i for i in range(len(inner.names))}
+        _check_values(column, values, lookup, nested, problems)
+        return None
+    if nested:
+        values = [
+            v if v is None or not all(isinstance(t, str) for t in v) else to_iob2(v) for v in values
+        ]
+    if column not in label_sets:
+        label_sets[column] = _label_set(column, values, given, nested)
+    names, lookup = label_sets[column]
+    ids = _check_values(column, values, lookup, nested, problems)
+    feature = ClassLabel(names=names)
+    return ids, List(feature) if nested else feature
+
+
+def _label_set(column, values, given, nested):
+    """(names, lookup value -> id): data.labels (names, and ids indexing them), else the
+    distinct values of train, sorted (tags: "O" first, then by type, B- before I-)."""
+    flat = [v for row in values if row is not None for v in row] if nested else values
+    distinct = {v for v in flat if v is not None}
+    odd = {type(v).__name__ for v in distinct} - {"str", "int"}
+    if odd:
+        raise LmlabError(
+            f"data.columns.{column}: {', '.join(sorted(odd))} values in train; "
+            "expected names (str) or ids (int)"
+        )
+    if given is not None:
+        if len(set(given)) != len(given):
+            dup = next(n for n in given if given.count(n) > 1)
+            raise LmlabError(f"data.labels: {dup!r} appears more than once")
+        return given, {**{n: i for i, n in enumerate(given)}, **{i: i for i in range(len(given))}}
+    if len({type(v) for v in distinct}) > 1:
+        raise LmlabError(
+            f"data.columns.{column}: train mixes names (str) and ids (int); "
+            "set data.labels to name the ids"
+        )
+    order = (
+        sorted(distinct, key=_tag_order)
+        if nested and all(isinstance(v, str) for v in distinct)
+        else sorted(distinct)
+    )
+    return [str(v) for v in order], {v: i for i, v in enumerate(order)}
+
+
+def _check_values(column, values, lookup, nested, problems):
+    """Values -> ids through lookup; a value outside it makes its row bad (its ids: 0s)."""
+    noun = "tag" if nested else "label"
+    ids = []
+    for i, value in enumerate(values):
+        row = value if nested else [value]
+        if row is None or value is None:
+            ids.append([] if nested else 0)
+            continue
+        mapped = [lookup.get(v) if type(v) in (str, int) else None for v in row]
+        if None in mapped:
+            v = row[mapped.index(None)]
+            reason = f"{noun} {v!r} not in the {noun} set"
+            detail = "no label (-1)" if v == -1 and not nested else reason
+            problems.setdefault(i, (reason, detail))
+            mapped = [0] * len(row)
+        ids.append(mapped if nested else mapped[0])
+    return ids
+
+
+def _replace_column(ds, column, values, feature):
+    order = ds.column_names
+    fingerprint = _derive(ds, "encode", column, str(feature))
+    ds = ds.remove_columns(column, new_fingerprint=fingerprint + "-r")
+    ds = ds.add_column(column, values, feature=feature, new_fingerprint=fingerprint + "-a")
+    return ds.select_columns(order, new_fingerprint=fingerprint)
+
+
+def _derive(ds, *steps) -> str:
+    """A fingerprint for a step on ds; hashing the data again (datasets' default) is slow."""
+    return hashlib.sha1(json.dumps([ds._fingerprint, *steps]).encode()).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------- shared steps
@@ -233,19 +891,53 @@ def _rename_columns(ds, columns, split):
     return ds.remove_columns(clashes).rename_columns(mapping) if mapping else ds
 
 
-def _carve(train, fraction, seed):
-    """Move a seeded random ``fraction`` of train (at least 1 example) to validation."""
+def _check_fraction(fraction, n):
     if not 0 < fraction < 1:
         raise LmlabError(f"data.val_fraction: must be between 0 and 1, got {fraction!r}")
-    n = len(train)
     if n < 2:
         raise LmlabError(
             f"data.val_fraction: cannot carve validation from {n} train example(s); need at least 2"
         )
+
+
+def _carve(train, fraction, seed, group=None):
+    """Move a seeded random ``fraction`` of train (at least 1 example) to validation."""
+    n = len(train)
+    _check_fraction(fraction, n)
     n_val = min(n - 1, max(1, round(n * fraction)))
     order = list(range(n))
     random.Random(seed).shuffle(order)  # stdlib RNG: same split on every platform/process
     return train.select(sorted(order[n_val:])), train.select(sorted(order[:n_val]))
+
+
+def _carve_groups(train, fraction, seed, column):
+    """Move whole groups (rows sharing a value of ``column``), seeded, about ``fraction`` of
+    the rows, to validation: the validation questions of SQuAD come from unseen articles."""
+    _check_fraction(fraction, len(train))
+    if column not in train.column_names:
+        raise LmlabError(
+            f"data.val_group: no column {column!r} in train "
+            f"(available: {', '.join(train.column_names)})"
+        )
+    values = train.with_format("arrow")[column].to_pylist()
+    sizes = Counter(values)
+    if len(sizes) < 2:
+        raise LmlabError(
+            f"data.val_group: train has {len(sizes)} group(s) of {column!r}; need at least 2"
+        )
+    order = list(sizes)  # first appearance: deterministic
+    random.Random(seed).shuffle(order)
+    target, chosen, count = fraction * len(values), set(), 0
+    for group in order:
+        if count >= target or len(chosen) == len(order) - 1:
+            break
+        # take a group when it brings the count closer to the target (always the first)
+        if not chosen or count + sizes[group] - target <= target - count:
+            chosen.add(group)
+            count += sizes[group]
+    val = [i for i, v in enumerate(values) if v in chosen]
+    held = set(val)
+    return train.select([i for i in range(len(values)) if i not in held]), train.select(val)
 
 
 def _truncate(splits, max_train, max_eval):
@@ -276,6 +968,9 @@ def _fingerprint(cfg, seed, identity):
             "max_eval_samples",
         )
     }
+    settings |= {key: _setting(cfg, key) for key in _NEW_SETTINGS}
+    if settings["labels"] is not None:
+        settings["labels"] = [str(name) for name in settings["labels"]]
     settings["columns"] = dict(cfg.columns or {})
     blob = json.dumps(
         {"settings": settings, "seed": seed, "inputs": identity}, sort_keys=True, default=str
