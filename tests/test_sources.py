@@ -331,7 +331,9 @@ def test_int_labels_sorted_numerically_and_indexing_given_names(tmp_path):
 
 def test_label_setting_errors(tmp_path):
     train = write(tmp_path / "t.jsonl", json.dumps({"text": "a", "label": 0.5}) + "\n")
-    with pytest.raises(LmlabError, match=r"data\.columns\.label: float values in train"):
+    with pytest.raises(
+        LmlabError, match=r"data\.columns\.label: the train column 'label' holds .*float64"
+    ):
         load_source(make_cfg(train=train, validation=train), seed=0)
     ok = write(tmp_path / "ok.jsonl", json.dumps({"text": "a", "label": "x"}) + "\n")
     with pytest.raises(LmlabError, match=r"data\.labels: 'x' appears more than once"):
@@ -463,6 +465,20 @@ def test_skip_bad_rows_conll_sentence(tmp_path):
     data, _ = load_source(cfg, seed=0)
     assert list(data["train"]["tokens"]) == [["a", "b"], ["g"]]
     assert data.skipped["train"].counts == {"not valid UTF-8": 1, "too few columns": 1}
+
+
+def test_empty_text_without_labels_is_kept(tmp_path):
+    # pre-training corpora (hub wikitext) have blank rows between paragraphs: not bad rows
+    train = write(tmp_path / "t.jsonl", '{"text": "a"}\n{"text": ""}\n{"text": "b"}\n')
+    data, _ = load_source(make_cfg(train=train, validation=train), seed=0)
+    assert texts(data["train"]) == ["a", "", "b"]
+
+
+def test_malformed_squad_names_its_place(tmp_path):
+    doc = {"data": [{"title": "A", "paragraphs": []}, {"title": "B", "paragraphs": "oops"}]}
+    train = write(tmp_path / "s.json", json.dumps(doc))
+    with pytest.raises(LmlabError, match=r"s\.json: article 1: malformed SQuAD file"):
+        load_source(make_cfg(train=train, validation=train, format="squad"), seed=0)
 
 
 # ---------------------------------------------------------------- conll and IOB2

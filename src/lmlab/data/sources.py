@@ -96,8 +96,14 @@ CANONICAL = (
     *("text", "text_pair", "label", "tokens", "tags"),
     *("id", "title", "question", "context", "answers", "prompt", "completion"),
 )
-_STRING_COLUMNS = ("text", "text_pair", "id", "title", "question", "context", "prompt")
-_STRING_COLUMNS += ("completion",)
+_STRING_COLUMNS = (
+    *("text", "text_pair", "id", "title", "question", "context"),
+    *("prompt", "completion"),
+)
+_LABEL_DTYPES = (
+    *("string", "large_string", "null", "int8", "int16", "int32", "int64"),
+    *("uint8", "uint16", "uint32", "uint64"),
+)
 _INT = re.compile(r"[-+]?\d+")
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 # The DataConfig defaults of the settings added for fine-tuning, for plain configs that lack them.
@@ -275,7 +281,7 @@ def _read_split(key, spec, paths, cfg, bad):
         columns, n, describe = _read_file(p, fmt, cfg, bad)
         parts.append(columns)
         where.add(n, describe)
-    columns = _join_columns(parts, where.size)
+    columns = _join_columns(parts)
     if fmt == "squad":
         return Dataset.from_dict(columns, features=_squad_features()), where
     return _to_dataset(columns, where), where
@@ -305,9 +311,9 @@ def _decode(path, bad) -> list[str | None]:
     data = path.read_bytes()
     try:
         return data.decode("utf-8").removeprefix("\ufeff").split("\n")
-    except UnicodeDecodeError:
+    except UnicodeDecodeError as e:
         if not bad.skip:
-            _read_text(path)  # raises, naming the first bad line
+            raise _utf8_error(path, data, e) from None
     lines, offset = [], 0
     for n, raw in enumerate(data.split(b"\n"), 1):
         try:
@@ -340,38 +346,32 @@ def _split_documents(text, mode):
 
 
 def _read_csv(path, tsv, keep_str, bad):
-    lines = _decode(path, bad)
-    pulled: list[int] = []  # the physical line of every line the csv reader has taken
-
-    def feed():
-        for n, line in enumerate(lines, 1):
-            if line is not None:
-                pulled.append(n)
-                yield line + "\n"
-
+    # An undecodable line (when skipped) reads as a blank one, so line_num stays physical.
+    lines = (("" if line is None else line) + "\n" for line in _decode(path, bad))
     options = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if tsv else {}
-    reader = csv.reader(feed(), **options)
+    reader = csv.reader(lines, **options)
     header = next(reader, None)
     if not header:
         raise LmlabError(f"{path}:1: expected a header line naming the columns")
-    rows, at = [], []
+    rows, at, start = [], [], reader.line_num + 1
     while True:
-        taken = len(pulled)
         try:
             row = next(reader)
         except StopIteration:
             break
         except csv.Error as e:
-            bad.add(f"{path}:{pulled[taken]}", "malformed csv", f"malformed csv ({e})")
+            bad.add(f"{path}:{start}", "malformed csv", f"malformed csv ({e})")
+            start = reader.line_num + 1
             continue
+        line, start = start, reader.line_num + 1
         if not row:  # a blank line
             continue
         if len(row) > len(header):
             detail = f"{len(row)} fields, but the header has {len(header)}"
-            bad.add(f"{path}:{pulled[taken]}", "too many fields", detail)
+            bad.add(f"{path}:{line}", "too many fields", detail)
             continue
         rows.append(row + [None] * (len(header) - len(row)))
-        at.append(pulled[taken])
+        at.append(line)
     columns = {
         name: _infer([r[j] for r in rows], name in keep_str) for j, name in enumerate(header)
     }
@@ -433,8 +433,12 @@ def _read_text(path):
     try:
         return data.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise LmlabError(f"{path}:{line}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+        raise _utf8_error(path, data, e) from None
+
+
+def _utf8_error(path, data, e):
+    line = data.count(b"\n", 0, e.start) + 1
+    return LmlabError(f"{path}:{line}: not valid UTF-8 ({e.reason} at byte {e.start})")
 
 
 def _read_records(path, document, bad):
@@ -502,9 +506,9 @@ def _read_squad(path, document, bad):
         raise LmlabError(f"{path}: not a SQuAD file (expected an object with a 'data' list)")
     rows, at = [], []
     for a, article in enumerate(articles):
-        for p, paragraph in enumerate(article.get("paragraphs", [])):
+        for p, paragraph in enumerate(_squad_items(article, "paragraphs", f"{path}: article {a}")):
             context = paragraph.get("context")
-            for qa in paragraph.get("qas", []):
+            for qa in _squad_items(paragraph, "qas", f"{path}: article {a}, paragraph {p}"):
                 where = f"{path}: article {a}, paragraph {p}, question {qa.get('id')}"
                 answers = _squad_answers(qa)
                 if answers is None:
@@ -526,6 +530,14 @@ def _read_squad(path, document, bad):
                 at.append(where)
     columns = {name: [r[name] for r in rows] for name in _squad_features()}
     return columns, len(rows), lambda i: at[i]
+
+
+def _squad_items(parent, key, where):
+    """parent[key], a list of objects, checked so that a malformed file names its place."""
+    items = parent.get(key, []) if isinstance(parent, dict) else None
+    if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+        raise LmlabError(f"{where}: malformed SQuAD file (expected a list of objects in {key!r})")
+    return items
 
 
 def _squad_answers(qa):
@@ -550,7 +562,7 @@ def _squad_features():
     return Features(id=text, title=text, context=text, question=text, answers=answers)
 
 
-def _join_columns(parts, size):
+def _join_columns(parts):
     names = list(dict.fromkeys(name for part in parts for name in part))
     columns = {name: [] for name in names}
     for part in parts:
@@ -659,7 +671,7 @@ def _check_rows(ds, where, bad, split, cfg, label_sets):
         ds = ds.flatten_indices()
     _check_types(ds, split)
     present = [c for c in CANONICAL if c in ds.column_names]
-    sources = {canonical: src for canonical, src in dict(cfg.columns or {}).items()}
+    sources = dict(cfg.columns or {})
     problems: dict[int, tuple[str, str]] = {}
     for c in present:
         values = ds.data.column(c)
@@ -785,6 +797,12 @@ def _encode(ds, column, values, given, split, label_sets, problems):
     feature = ds.features[column]
     nested = column == "tags"
     inner = feature.feature if nested and isinstance(feature, List) else feature
+    kind = getattr(inner, "dtype", None)
+    if not isinstance(inner, ClassLabel) and kind not in _LABEL_DTYPES:
+        raise LmlabError(
+            f"data.columns.{column}: the {split} column {column!r} holds {feature}; "
+            "expected names (str) or ids (int)" + (", a list per sentence" if nested else "")
+        )
     if isinstance(inner, ClassLabel):  # hub data: its names stand
         if given is not None and given != inner.names:
             raise LmlabError(
@@ -792,41 +810,30 @@ def _encode(ds, column, values, given, split, label_sets, problems):
                 f"of the {split} column {column!r}"
             )
         lookup = {i: i for i in range(len(inner.names))}
-        _check_values(column, values, lookup, nested, problems)
+        _check_values(values, lookup, nested, problems)
         return None
     if nested:
         values = [
             v if v is None or not all(isinstance(t, str) for t in v) else to_iob2(v) for v in values
         ]
     if column not in label_sets:
-        label_sets[column] = _label_set(column, values, given, nested)
+        label_sets[column] = _label_set(values, given, nested)
     names, lookup = label_sets[column]
-    ids = _check_values(column, values, lookup, nested, problems)
+    ids = _check_values(values, lookup, nested, problems)
     feature = ClassLabel(names=names)
     return ids, List(feature) if nested else feature
 
 
-def _label_set(column, values, given, nested):
+def _label_set(values, given, nested):
     """(names, lookup value -> id): data.labels (names, and ids indexing them), else the
     distinct values of train, sorted (tags: "O" first, then by type, B- before I-)."""
     flat = [v for row in values if row is not None for v in row] if nested else values
     distinct = {v for v in flat if v is not None}
-    odd = {type(v).__name__ for v in distinct} - {"str", "int"}
-    if odd:
-        raise LmlabError(
-            f"data.columns.{column}: {', '.join(sorted(odd))} values in train; "
-            "expected names (str) or ids (int)"
-        )
     if given is not None:
         if len(set(given)) != len(given):
             dup = next(n for n in given if given.count(n) > 1)
             raise LmlabError(f"data.labels: {dup!r} appears more than once")
         return given, {**{n: i for i, n in enumerate(given)}, **{i: i for i in range(len(given))}}
-    if len({type(v) for v in distinct}) > 1:
-        raise LmlabError(
-            f"data.columns.{column}: train mixes names (str) and ids (int); "
-            "set data.labels to name the ids"
-        )
     order = (
         sorted(distinct, key=_tag_order)
         if nested and all(isinstance(v, str) for v in distinct)
@@ -835,24 +842,21 @@ def _label_set(column, values, given, nested):
     return [str(v) for v in order], {v: i for i, v in enumerate(order)}
 
 
-def _check_values(column, values, lookup, nested, problems):
+def _check_values(values, lookup, nested, problems):
     """Values -> ids through lookup; a value outside it makes its row bad (its ids: 0s)."""
     noun = "tag" if nested else "label"
-    ids = []
-    for i, value in enumerate(values):
-        row = value if nested else [value]
-        if row is None or value is None:
-            ids.append([] if nested else 0)
-            continue
-        mapped = [lookup.get(v) if type(v) in (str, int) else None for v in row]
-        if None in mapped:
-            v = row[mapped.index(None)]
-            reason = f"{noun} {v!r} not in the {noun} set"
-            detail = "no label (-1)" if v == -1 and not nested else reason
+    rows = values if nested else [[v] for v in values]
+    ids = [None if row is None else [lookup.get(v) for v in row] for row in rows]
+    for i, mapped in enumerate(ids):
+        if mapped is None:  # a missing value, noted already
+            ids[i] = []
+        elif None in mapped:
+            value = rows[i][mapped.index(None)]
+            reason = f"{noun} {value!r} not in the {noun} set"
+            detail = "no label (-1)" if value == -1 and not nested else reason
             problems.setdefault(i, (reason, detail))
-            mapped = [0] * len(row)
-        ids.append(mapped if nested else mapped[0])
-    return ids
+            ids[i] = [0] * len(mapped)
+    return ids if nested else [row[0] if row else 0 for row in ids]
 
 
 def _replace_column(ds, column, values, feature):
