@@ -154,12 +154,20 @@ def load(
     run_dir: str | None = None,
 ) -> Trained:
     """The model at `path` (or `locate`'s answer) with its objective, in eval mode."""
-    from hydra.utils import get_class
+    stored = path if isinstance(path, Stored) else locate(path)
+    return load_model(stored, run_config(stored, overrides, run_dir), device)
 
+
+def run_config(stored: Stored, overrides: list[str] = (), run_dir: str | None = None):
+    """`task_config`, validated and resolved as lmlab-train resolves its config."""
     from lmlab.build import resolve
 
-    stored = path if isinstance(path, Stored) else locate(path)
-    cfg = resolve(task_config(stored, overrides, run_dir))
+    return resolve(task_config(stored, overrides, run_dir))
+
+
+def load_model(stored: Stored, cfg, device: str = "cpu") -> Trained:
+    from hydra.utils import get_class
+
     objective_class = get_class(cfg.objective._target_)
     if stored.export is not None:
         model, tokenizer = _from_export(stored.export, objective_class.head)

@@ -1,7 +1,7 @@
 """lmlab-eval: evaluate a trained model on one split and write its metrics as JSON.
 
-    lmlab-eval <run dir|export|ckpt> [data=<preset or file>] [split=validation|test]
-               [data.max_eval_samples=N] [output=<file>] [<config key>=<value> ...]
+usage: lmlab-eval <run dir|export|ckpt> [data=<preset or file>] [split=validation|test]
+                  [data.max_eval_samples=N] [output=<file>] [<config key>=<value> ...]
 
 A run dir or checkpoint brings its training config, so its own data is evaluated unless
 data= names other data; an export needs data=. The whole split is evaluated (limit it
@@ -71,18 +71,18 @@ def evaluate(path, overrides: list[str] = (), split: str = "validation") -> dict
     from lmlab.data.datamodule import DataModule
     from lmlab.data.sources import load_source
     from lmlab.module import TaskModule
-    from lmlab.predict import load, locate
+    from lmlab.predict import load_model, locate, run_config
 
     stored = locate(path)
     if stored.trained is None and not any(o.startswith("data=") for o in overrides):
         raise LmlabError(f"data: {stored.path} is an export, which keeps no data; give data=...")
     with tempfile.TemporaryDirectory() as tmp:  # the module's samples.txt lands here
-        trained = load(stored, overrides, run_dir=tmp)
-        cfg = trained.config
+        cfg = run_config(stored, overrides, run_dir=tmp)
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         raw, fingerprint = load_source(cfg.data, cfg.seed)
         if split not in raw:
             raise LmlabError(f"split={split}: the data has no {split} split (set data.{split})")
+        trained = load_model(stored, cfg)
         data = DataModule(
             DatasetDict({split: raw[split]}),
             fingerprint,
