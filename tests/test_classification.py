@@ -242,7 +242,7 @@ TINY_BERT = [
 @pytest.fixture(scope="module")
 def memorisable_run(tmp_path_factory, lmlab_cache_dir):
     """24 three-word texts whose words give the class away, trained on and validated on
-    (parquet keeps the ClassLabel), for 30 steps at a high learning rate."""
+    (parquet keeps the ClassLabel), for 45 steps at a high learning rate."""
     from lmlab.build import compose, train
 
     texts, labels = [], []
@@ -262,8 +262,8 @@ def memorisable_run(tmp_path_factory, lmlab_cache_dir):
         "data=hub",
         f"data.hub_name={data}",
         "data.max_length=16",
-        "trainer.max_steps=30",
-        "trainer.val_check_interval=15",
+        "trainer.max_steps=45",
+        "trainer.val_check_interval=45",
         f"paths.cache_dir={lmlab_cache_dir}",
     ]
     metrics = train(compose(overrides, run_dir=str(run_dir)))
