@@ -14,6 +14,8 @@ def build(model_cfg, head: str, tokenizer, extra: dict | None = None):
     if model_cfg.name_or_path:
         try:
             config = transformers.AutoConfig.from_pretrained(model_cfg.name_or_path, **settings)
+            if config.pad_token_id is None:  # GPT-2's: batched sequence heads need one
+                config.pad_token_id = tokenizer.pad_token_id
             # a new task head (e.g. other labels) replaces the checkpoint's own
             model = auto.from_pretrained(
                 model_cfg.name_or_path, config=config, ignore_mismatched_sizes=True
