@@ -720,7 +720,7 @@ TINY_GPT = [
         ("generative_qa", [*TINY_GPT, "objective.decoding.max_new_tokens=4", "data.max_length=48"]),
     ],
 )
-def test_a_few_training_steps_log_exact_match_and_f1(
+def test_a_few_training_steps_log_em_f1_and_the_export_predicts(
     objective, extra, qa_file, tmp_path, lmlab_cache_dir, monkeypatch
 ):
     from lmlab.build import compose, train
@@ -750,3 +750,17 @@ def test_a_few_training_steps_log_exact_match_and_f1(
     assert "Q: Which word follows" in samples and "predicted:" in samples
     saved = json.loads((run_dir / "export" / "lmlab.json").read_text())
     assert saved["objective"]["monitor"] == "val/f1"
+    # lmlab-predict's path: the export back from disk, answers for new questions
+    from lmlab.predict import load, predict
+
+    trained = load(run_dir)
+    context = "The old dog waits by the river. A small bird sings every morning."
+    questions = [{"question": "Which word follows old?", "context": context}] * 2
+    outputs = predict(trained.objective, trained.model, questions)
+    assert len(outputs) == 2 and outputs[0] == outputs[1]
+    if objective == "extractive_qa":
+        assert set(outputs[0]) == {"answer", "score", "start"}
+        start = outputs[0]["start"]
+        assert context[start : start + len(outputs[0]["answer"])] == outputs[0]["answer"]
+    else:
+        assert set(outputs[0]) == {"answer"} and isinstance(outputs[0]["answer"], str)

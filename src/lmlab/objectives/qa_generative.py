@@ -151,7 +151,7 @@ class GenerativeQA(Objective):
     def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         """The right-padded training batch (prompt + answer, labels -100 on the prompt and
         the padding), plus the left-padded prompts that generation continues from."""
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        pad = self.pad_id()
         batch = {}
         if "labels" in features[0]:
             batch = self.pad(features, {"input_ids": pad, "labels": IGNORE})
@@ -163,6 +163,11 @@ class GenerativeQA(Objective):
         )
         batch["example_id"] = torch.tensor([f["example_id"] for f in features])
         return batch
+
+    def pad_id(self) -> int:
+        """GPT tokenizers may have no pad token: pad with end-of-text (masked anyway)."""
+        pad = self.tokenizer.pad_token_id
+        return self.tokenizer.eos_token_id if pad is None else pad
 
     # -- model
     def step(self, model, batch) -> Metrics:
@@ -195,7 +200,7 @@ class GenerativeQA(Objective):
             out = model.generate(
                 input_ids=prompt_ids,
                 attention_mask=prompt_mask,
-                pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+                pad_token_id=self.pad_id(),
                 eos_token_id=tok.eos_token_id,
                 **settings,
             )
