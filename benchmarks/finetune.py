@@ -95,6 +95,7 @@ def seed_bert():
 
 
 GPT_PRETRAIN = ["experiment=pretrain_gpt", "data=wikitext2", "name=pretrain_gpt_wikitext2"]
+GPT_BUDGET = ["trainer.max_steps=300", "trainer.val_check_interval=100"]
 
 
 def seed_gpt():
@@ -106,7 +107,7 @@ def seed_gpt():
         ("Tiny Shakespeare from the pre-trained GPT", f"model.name_or_path={export}"),
         ("Tiny Shakespeare from scratch, same tokenizer", f"model.tokenizer.name_or_path={export}"),
     ]:
-        overrides = ["experiment=finetune_generation", start]
+        overrides = ["experiment=finetune_generation", start, *GPT_BUDGET]
         metrics, wall, _ = train(*overrides)
         row(name, overrides, wall, pick(metrics, "val/loss", "val/perplexity"))
 

@@ -122,3 +122,61 @@ def tiny_overrides(tiny_text_file):
 
 
 # ---------------------------------------------------------------- end of tiny training runs
+
+
+# ---------------------------------------------------------------- tiny task data
+# Used by test_train.py to train every fine-tuning experiment a few steps: a labelled csv,
+# a CoNLL file and a SQuAD file, each small and hand-made (no download).
+
+
+def _tiny_sentiment_csv(path):
+    rows = ["text,label"]
+    for i in range(40):
+        word = TINY_WORDS[i % len(TINY_WORDS)]
+        rows.append(f"the {word} was good,positive" if i % 2 else f"a bad {word},negative")
+    path.write_text("\n".join(rows) + "\n")
+
+
+def _tiny_conll(path):
+    lines = ["-DOCSTART- -X- -X- O", ""]
+    for i in range(30):
+        a, b = TINY_WORDS[i % len(TINY_WORDS)], TINY_WORDS[(i + 3) % len(TINY_WORDS)]
+        lines += ["Anna NNP B-NP B-PER", "walks VBZ B-VP O", "to TO B-PP O"]
+        lines += [f"{a.title()} NNP B-NP B-LOC", f"{b.title()} NNP I-NP I-LOC", ". . O O", ""]
+    path.write_text("\n".join(lines))
+
+
+def _tiny_squad(path):
+    import json
+
+    paragraphs = []
+    for i in range(30):  # 21 train questions: more than 4 steps of 4 in one epoch
+        place = TINY_WORDS[i % len(TINY_WORDS)]
+        context = f"The {place} is green. Anna lives near the {place} in the small city."
+        question = {"id": f"q{i}", "question": "Who lives near it?"}
+        question["answers"] = [{"text": "Anna", "answer_start": context.index("Anna")}]
+        paragraphs.append({"context": context, "qas": [question]})
+    articles = [{"title": f"t{k}", "paragraphs": paragraphs[k::3]} for k in range(3)]
+    path.write_text(json.dumps({"version": "1.1", "data": articles}))
+
+
+@pytest.fixture(scope="session")
+def tiny_task_data(tmp_path_factory, tiny_text_file):
+    """objective name -> the data overrides of a tiny run of that task."""
+    folder = tmp_path_factory.mktemp("task-data")
+    _tiny_sentiment_csv(folder / "sentiment.csv")
+    _tiny_conll(folder / "ner.txt")
+    _tiny_squad(folder / "squad.json")
+    squad = ["data=files", f"data.train={folder / 'squad.json'}", "data.format=squad"]
+    return {
+        "sequence_classification": [
+            "data=files", f"data.train={folder / 'sentiment.csv'}", "data.val_fraction=0.2"
+        ],
+        "token_classification": ["data=files", f"data.train={folder / 'ner.txt'}",
+                                 f"data.test={folder / 'ner.txt'}", "data.format=conll",
+                                 "data.val_fraction=0.2"],
+        "extractive_qa": [*squad, "data.val_fraction=0.3", "data.max_length=48",
+                          "objective.doc_stride=16"],
+        "generative_qa": [*squad, "data.val_fraction=0.3", "data.max_length=64",
+                          "objective.decoding.max_new_tokens=4"],
+    }  # fmt: skip
