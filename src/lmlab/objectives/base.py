@@ -104,8 +104,10 @@ class Objective:
     def model_inputs(self, batch: dict) -> dict:
         return {k: v for k, v in batch.items() if k not in self.meta_keys}
 
-    def check_columns(self, dataset) -> None:
-        missing = [c for c in self.required_columns if c not in dataset.column_names]
+    def check_columns(self, dataset, columns: tuple[str, ...] | None = None) -> None:
+        """Every one of `columns` (default: required_columns) is in the data."""
+        wanted = self.required_columns if columns is None else columns
+        missing = [c for c in wanted if c not in dataset.column_names]
         if missing:
             raise LmlabError(
                 f"data.columns.{missing[0]}: the data has no '{missing[0]}' column "

@@ -38,15 +38,6 @@ def id_map(names: list[str], labels: list[str], split: str) -> list[int]:
     return [index[name] for name in names]
 
 
-def require(dataset, columns: tuple[str, ...]) -> None:
-    missing = [c for c in columns if c not in dataset.column_names]
-    if missing:
-        raise LmlabError(
-            f"data.columns.{missing[0]}: the data has no '{missing[0]}' column "
-            f"(columns: {', '.join(dataset.column_names)}); map one onto it"
-        )
-
-
 def label_config(labels: list[str] | None, dropout: float | None) -> dict:
     """Hugging Face config settings for a head over `labels`."""
     if not labels:
@@ -130,7 +121,7 @@ class SequenceClassification(Objective):
         return out
 
     def preprocess(self, dataset, split: str):
-        require(dataset, ("text",) if split == "predict" else self.required_columns)
+        self.check_columns(dataset, ("text",) if split == "predict" else None)
         labels = None if split == "predict" else self.gold(dataset, split)
         pair = "text_pair" in dataset.column_names
         tok, max_length = self.tokenizer, self.max_length

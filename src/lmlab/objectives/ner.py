@@ -20,7 +20,6 @@ from lmlab.objectives.classification import (
     id_map,
     label_config,
     labels_of,
-    require,
     unique,
 )
 
@@ -93,7 +92,11 @@ def words_of(dataset) -> list[list[str]]:
     """The words of each example: `tokens`, or `text` split on whitespace."""
     if "tokens" in dataset.column_names:
         return list(dataset["tokens"])
-    require(dataset, ("text",))
+    if "text" not in dataset.column_names:
+        raise LmlabError(
+            f"data.columns.tokens: the data has neither 'tokens' nor 'text' "
+            f"(columns: {', '.join(dataset.column_names)}); map one onto it"
+        )
     return [text.split() for text in dataset["text"]]
 
 
@@ -145,7 +148,7 @@ class TokenClassification(Objective):
                 f"tags with sub-words; {type(self.tokenizer).__name__} is not one"
             )
         if split != "predict":
-            require(dataset, self.required_columns)
+            self.check_columns(dataset)
         gold = None if split == "predict" else self.gold(dataset, split)
         words = words_of(dataset)
         tok, max_length = self.tokenizer, self.max_length
