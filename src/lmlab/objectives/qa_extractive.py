@@ -118,13 +118,8 @@ class ExtractiveQA(Objective):
 
     # -- data
     def preprocess(self, dataset, split: str):
-        self.check_columns(dataset)
         labelled = split != "predict"
-        if labelled and "answers" not in dataset.column_names:
-            raise LmlabError(
-                f"data.columns.answers: the {split} data has no 'answers' column "
-                f"(columns: {', '.join(dataset.column_names)}); map one onto it"
-            )
+        self.check_columns(dataset, self.required_columns + (("answers",) if labelled else ()))
         return dataset.map(
             self._windows,
             batched=True,

@@ -50,12 +50,8 @@ class GenerativeQA(Objective):
 
     # -- data
     def preprocess(self, dataset, split: str):
-        self.check_columns(dataset)
-        if split != "predict" and "answers" not in dataset.column_names:
-            raise LmlabError(
-                f"data.columns.answers: the {split} data has no 'answers' column "
-                f"(columns: {', '.join(dataset.column_names)}); map one onto it"
-            )
+        labelled = split != "predict"
+        self.check_columns(dataset, self.required_columns + (("answers",) if labelled else ()))
         return dataset.map(
             self._encode,
             batched=True,
