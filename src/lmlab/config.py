@@ -212,6 +212,9 @@ class TrainConfig:
     logger: Any = None  # {name: {_target_: ...}} Lightning loggers
     callbacks: Any = None  # {name: {_target_: ...}} Lightning callbacks
     name: str = "train"
+    tags: list[str] = field(default_factory=list)  # shown by every logger (wandb/MLflow tags)
+    # The metric the Hydra task returns to a sweeper (Optuna): objective.monitor by default.
+    optimized_metric: str | None = None
     seed: int = 42
     resume: str | None = None  # checkpoint file or run dir; default: the run dir's last.ckpt
     export: bool = True
