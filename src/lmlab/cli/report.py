@@ -29,6 +29,7 @@ COMPLETED, INCOMPLETE, FAILED = "completed", "incomplete", "failed"
 STATUS_ORDER = {COMPLETED: 0, INCOMPLETE: 1, FAILED: 2}
 NO_RECORD = "no status.json or metrics.json: still running, or killed"
 UNSET = "(unset)"  # a swept key that this job's overrides do not set
+MAX_LEGEND = 10  # curves named in a legend; also the most values ticked on a numeric axis
 
 
 @dataclass
@@ -122,7 +123,7 @@ def last_values(rows: list[dict[str, float]]) -> dict[str, float]:
     for row in rows:
         last |= row
     if "step" in last:
-        last["global_step"] = last.pop("step")
+        last["global_step"] = int(last.pop("step"))
     last.pop("epoch", None)
     return last
 
@@ -130,9 +131,7 @@ def last_values(rows: list[dict[str, float]]) -> dict[str, float]:
 def numeric(metrics: dict) -> dict[str, float]:
     """metrics.json also holds an export path, samples and confusion matrices: keep numbers."""
     return {
-        k: float(v)
-        for k, v in metrics.items()
-        if isinstance(v, int | float) and not isinstance(v, bool)
+        k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)
     }
 
 
@@ -140,12 +139,15 @@ def read_job(path: Path) -> Job:
     overrides = read_yaml(path / ".hydra" / "overrides.yaml") or []
     rows = read_curve_rows(path / "metrics.csv")
     final = read_json(path / "metrics.json")
-    record = read_json(path / "status.json") or {}
+    try:
+        record = read_json(path / "status.json") or {}
+    except LmlabError as e:  # cut short by a kill while it was written: as if absent
+        record = {"error": str(e)}
     status = record.get("status")
     error = record.get("error") or ""
     if status not in (COMPLETED, FAILED):  # no status.json (killed, or written by an old lmlab)
         status = COMPLETED if final is not None else INCOMPLETE
-        error = "" if final is not None else NO_RECORD
+        error = "" if final is not None else error or NO_RECORD
     if status == COMPLETED and final is None:
         status, error = INCOMPLETE, "completed, but without metrics.json"
     metrics = numeric(final) if final is not None else last_values(rows)
@@ -268,7 +270,9 @@ def best_job(ranked: list[Job], objective: Objective) -> Job | None:
 def metric_columns(jobs: list[Job], objective: Objective) -> list[str]:
     names = {k for job in jobs for k in job.metrics if k.startswith(("val/", "test/"))}
     names.discard(objective.metric)
-    present = any("global_step" in job.metrics for job in jobs) and objective.metric != "global_step"
+    present = (
+        any("global_step" in job.metrics for job in jobs) and objective.metric != "global_step"
+    )
     return sorted(names, key=lambda n: (not n.startswith("val/"), n)) + ["global_step"] * present
 
 
@@ -335,22 +339,24 @@ def summary_line(jobs: list[Job], objective: Objective) -> str:
     )
 
 
-def best_text(best: Job | None, objective: Objective) -> str:
+def best_text(best: Job | None, objective: Objective, params: list[str]) -> str:
     if best is None:
         return "No completed job has a value for the metric: no best job.\n"
     value = md_cell(best.metrics[objective.metric])
+    values = best.override_values()
+    swept = " ".join(f"{p}={values.get(p, UNSET)}" for p in params)
     return (
-        f"Best: job {best.num} ({objective.metric} = {value}), overrides:\n\n"
-        f"```\n{train_command(best)}\n```\n"
+        f"Best: job {best.num} ({objective.metric} = {value}){': ' + swept if swept else ''}. "
+        f"To train it again:\n\n```\n{train_command(best)}\n```\n"
     )
 
 
-def report_markdown(sweep_dir, jobs, objective, table, best, plots: list[str]) -> str:
+def report_markdown(sweep_dir, jobs, objective, params, table, best, plots: list[str]) -> str:
     parts = [
         f"# Sweep report: {sweep_dir}\n",
         summary_line(jobs, objective) + "\n",
         markdown_table(table),
-        best_text(best, objective),
+        best_text(best, objective, params),
         *(f"![{Path(p).stem}]({p})\n" for p in plots),
     ]
     return "\n".join(parts)
@@ -395,8 +401,10 @@ def curves_figure(jobs: list[Job], params: list[str], objective: Objective):
                 ax.plot(steps, values, style, marker=".", label=job_label(job, params))
         ax.set(xlabel="step", ylabel=metric, title=metric)
         ax.grid(alpha=0.3)
-        if ax.get_lines():
-            ax.legend(fontsize="small")
+        lines = ax.get_lines()
+        if lines:  # jobs come ranked: a long sweep's legend names its best ones
+            title = f"best {MAX_LEGEND} of {len(lines)}" if len(lines) > MAX_LEGEND else None
+            ax.legend(handles=lines[:MAX_LEGEND], fontsize="small", title=title)
         else:
             ax.text(0.5, 0.5, "nothing logged", ha="center", transform=ax.transAxes)
     return fig
@@ -435,9 +443,13 @@ def params_figure(jobs: list[Job], params: list[str], objective: Objective):
             xs = numbers
             if spans_decades(numbers):
                 ax.set_xscale("log")
+            elif len(set(numbers)) <= MAX_LEGEND:  # a grid: tick the values tried, as written
+                ticks = dict(sorted(zip(numbers, raw)))
+                ax.set_xticks(list(ticks), list(ticks.values()))
         for x, y, job in zip(xs, scores, scored):
             filled = job.status == COMPLETED  # hollow: the last value of an unfinished job
             ax.plot([x], [y], "o", color="C0", mfc="C0" if filled else "none")
+            ax.annotate(str(job.num), (x, y), xytext=(4, 4), textcoords="offset points")
         ax.set(xlabel=param, ylabel=objective.metric)
         ax.grid(alpha=0.3)
     fig.suptitle(f"{objective.metric} ({objective.mode}) by swept parameter")
@@ -477,7 +489,7 @@ def best_yaml(best: Job, objective: Objective) -> str:
         "overrides": best.overrides,
         "command": train_command(best),
     }
-    return yaml.safe_dump(record, sort_keys=False)
+    return yaml.safe_dump(record, sort_keys=False, width=math.inf)  # the command on one line
 
 
 def report(
@@ -503,7 +515,9 @@ def report(
     plots = [save_figure(curves_figure(ranked, params, objective), out_dir / "curves.png")]
     if params:
         plots.append(save_figure(params_figure(ranked, params, objective), out_dir / "params.png"))
-    markdown = report_markdown(sweep_dir, jobs, objective, table, best, [p.name for p in plots])
+    markdown = report_markdown(
+        sweep_dir, jobs, objective, params, table, best, [p.name for p in plots]
+    )
     # report.md last: when it is there, everything it points to is complete
     written += [*plots, write_text(out_dir / "report.md", markdown)]
     return {
@@ -537,7 +551,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     print(summary_line(result["jobs"], result["objective"]) + "\n")
     print(markdown_table(result["table"]))
-    print(best_text(result["best"], result["objective"]))
+    print(best_text(result["best"], result["objective"], result["params"]))
     print("wrote: " + ", ".join(str(p) for p in result["written"]))
 
 

@@ -1,0 +1,227 @@
+"""lmlab-report on hand-made sweep dirs: row order, swept columns, best overrides, plots."""
+
+import csv
+import json
+
+import pytest
+import yaml
+
+from lmlab.cli.report import (
+    Objective,
+    best_job,
+    choose_objective,
+    curves_figure,
+    main,
+    params_figure,
+    rank,
+    read_jobs,
+    report,
+)
+
+# Three jobs: 0 and 1 completed (job 1 has the lowest val/loss, job 0 the lowest val/accuracy),
+# 2 failed before logging anything. `experiment` is the same everywhere: not a swept column.
+JOBS = {
+    0: [
+        "experiment=finetune_sentiment",
+        "model=bert_tiny",
+        "objective.lr=1e-5",
+        "data.batch_size=16",
+    ],
+    1: [
+        "experiment=finetune_sentiment",
+        "model=gpt_tiny",
+        "objective.lr=1e-3",
+        "data.batch_size=32",
+    ],
+    2: [
+        "experiment=finetune_sentiment",
+        "model=bert_tiny",
+        "objective.lr=1e-4",
+        "data.batch_size=16",
+    ],
+}
+CURVES = {  # step -> (val/loss, val/accuracy)
+    0: {0: (0.9, 0.5), 5: (0.8, 0.55), 10: (0.7, 0.6)},
+    1: {0: (0.9, 0.5), 5: (0.6, 0.65), 10: (0.5, 0.7)},
+}
+ERROR = "RuntimeError: CUDA out of memory | at step 3"
+CONFIG = {
+    "optimized_metric": "val/loss",
+    "objective": {"monitor": "val/loss", "monitor_mode": "min"},
+}
+PARAMS = ["model", "objective.lr", "data.batch_size"]
+
+
+def write_metrics_csv(path, curve):
+    """As Lightning's CSV logger writes it: one row per logging call, other cells empty."""
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["epoch", "step", "train/loss", "val/accuracy", "val/loss"])
+        for step, (loss, accuracy) in curve.items():
+            if step:
+                writer.writerow([0, step - 1, loss + 0.1, "", ""])
+            writer.writerow([0, step, "", accuracy, loss])
+
+
+def write_job(sweep, num, overrides, status=None, curve=None, final=True):
+    job = sweep / str(num)
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (job / "config.yaml").write_text(yaml.safe_dump(CONFIG))
+    if curve:
+        write_metrics_csv(job / "metrics.csv", curve)
+    if curve and final:
+        last_step = max(curve)
+        loss, accuracy = curve[last_step]
+        metrics = {"val/loss": loss, "val/accuracy": accuracy, "global_step": last_step}
+        metrics |= {"export": str(job / "export"), "val/confusion_matrix": {"matrix": [[1]]}}
+        (job / "metrics.json").write_text(json.dumps(metrics))
+    if status:
+        record = {"status": status, "error": ERROR if status == "failed" else None}
+        record |= {"optimized_metric": "val/loss", "overrides": overrides}
+        record["value"] = curve[max(curve)][0] if curve else None
+        (job / "status.json").write_text(json.dumps(record))
+    return job
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    sweep = tmp_path / "multirun" / "finetune" / "2025-01-01_00-00-00-abcd"
+    write_job(sweep, 0, JOBS[0], "completed", CURVES[0])
+    write_job(sweep, 1, JOBS[1], "completed", CURVES[1])
+    write_job(sweep, 2, JOBS[2], "failed")
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {"sweeper": {}}}))
+    return sweep
+
+
+def read_report_csv(path):
+    with path.open(newline="") as f:
+        return list(csv.reader(f))
+
+
+def test_report_table_best_and_files(sweep, capsys):
+    main([str(sweep)])
+    printed = capsys.readouterr().out
+
+    rows = read_report_csv(sweep / "report.csv")
+    header = ["job", "status", *PARAMS, "val/loss", "val/accuracy", "global_step", "error"]
+    assert rows == [
+        header,
+        ["1", "completed", "gpt_tiny", "1e-3", "32", "0.5", "0.7", "10", ""],
+        ["0", "completed", "bert_tiny", "1e-5", "16", "0.7", "0.6", "10", ""],
+        ["2", "failed", "bert_tiny", "1e-4", "16", "", "", "", ERROR],
+    ]
+    md = (sweep / "report.md").read_text()
+    assert "sorted by val/loss (min; from optimized_metric, objective.monitor_mode)" in md
+    assert "| 1 | completed | gpt_tiny | 1e-3 | 32 | 0.5 | 0.7 | 10 |  |" in md
+    escaped_error = "RuntimeError: CUDA out of memory \\| at step 3"
+    assert f"| 2 | failed | bert_tiny | 1e-4 | 16 |  |  |  | {escaped_error} |" in md
+    command = "lmlab-train " + " ".join(JOBS[1])
+    best_line = "Best: job 1 (val/loss = 0.5): model=gpt_tiny objective.lr=1e-3 data.batch_size=32."
+    assert best_line in md and command in md
+    assert "![curves](curves.png)" in md and "![params](params.png)" in md
+    best = yaml.safe_load((sweep / "best.yaml").read_text())
+    assert best == {
+        "job": 1, "metric": "val/loss", "mode": "min", "value": 0.5,
+        "overrides": JOBS[1], "command": command,
+    }  # fmt: skip
+    assert "| 0 | completed | bert_tiny | 1e-5 | 16 | 0.7 |" in printed and command in printed
+    for name in ("report.csv", "report.md", "best.yaml", "curves.png", "params.png"):
+        assert str(sweep / name) in printed
+    assert not [p for p in sweep.iterdir() if ".tmp" in p.name]  # no temp file left behind
+
+    import matplotlib.image
+
+    for name in ("curves.png", "params.png"):
+        height, width, channels = matplotlib.image.imread(sweep / name).shape
+        assert height > 300 and width > 300 and channels in (3, 4)
+
+
+def ranking(sweep, metric=None, mode=None):
+    jobs = read_jobs(sweep)
+    objective = choose_objective(sweep, jobs, metric, mode)
+    ranked = rank(jobs, objective)
+    return objective, [job.num for job in ranked], best_job(ranked, objective).num
+
+
+def test_direction_from_mode_flag_and_optuna(sweep):
+    assert ranking(sweep, mode="max")[1:] == ([0, 1, 2], 0)  # failed jobs stay last
+
+    optuna = {"_target_": "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"}
+    (sweep / "multirun.yaml").write_text(
+        yaml.safe_dump({"hydra": {"sweeper": optuna | {"direction": "maximize"}}})
+    )
+    source = "optimized_metric, the Optuna sweeper's direction"
+    assert ranking(sweep) == (Objective("val/loss", "max", source), [0, 1, 2], 0)
+    assert ranking(sweep, mode="min")[1:] == ([1, 0, 2], 1)  # --mode wins
+
+
+def test_metric_flag_and_out_dir(sweep, tmp_path, capsys):
+    out = tmp_path / "report"
+    main([str(sweep), "--metric", "val/accuracy", "--out", str(out)])
+    assert (
+        "sorted by val/accuracy (max; from --metric, guessed from the name"
+        in capsys.readouterr().out
+    )
+    rows = read_report_csv(out / "report.csv")
+    assert [row[0] for row in rows] == ["job", "1", "0", "2"]
+    assert rows[0][5:8] == ["val/accuracy", "val/loss", "global_step"]
+    assert not (sweep / "report.csv").exists()  # --out leaves the sweep dir untouched
+
+
+def test_curves_one_line_per_logged_job_and_params_axes(sweep):
+    jobs = read_jobs(sweep)
+    by_loss = Objective("val/loss", "min", "test")
+    (ax,) = curves_figure(jobs, PARAMS, by_loss).axes
+    lines = ax.get_lines()
+    assert [line.get_label() for line in lines] == [
+        "0: model=bert_tiny, lr=1e-5, batch_size=16",
+        "1: model=gpt_tiny, lr=1e-3, batch_size=32",
+    ]
+    assert list(lines[1].get_xdata()) == [0, 5, 10]
+    assert list(lines[1].get_ydata()) == [0.9, 0.6, 0.5]
+
+    by_accuracy = Objective("val/accuracy", "max", "test")
+    axes = curves_figure(jobs, PARAMS, by_accuracy).axes
+    assert [ax.get_ylabel() for ax in axes] == ["val/accuracy", "val/loss"]
+    assert [len(ax.get_lines()) for ax in axes] == [2, 2]
+
+    model_ax, lr_ax, batch_ax = params_figure(jobs, PARAMS, by_loss).axes
+    assert [t.get_text() for t in model_ax.get_xticklabels()] == ["bert_tiny", "gpt_tiny"]
+    assert lr_ax.get_xscale() == "log"  # 1e-5 .. 1e-3: two decades
+    assert batch_ax.get_xscale() == "linear"
+    points = sorted((line.get_xdata()[0], line.get_ydata()[0]) for line in lr_ax.get_lines())
+    assert points == [(1e-5, 0.7), (1e-3, 0.5)]  # the failed job has no point
+
+
+def test_unfinished_job_uses_last_logged_values_and_never_wins(sweep):
+    # Killed at step 5 with the best val/loss so far: no status.json, no metrics.json
+    overrides = [*JOBS[0][:3], "data.batch_size=8"]
+    write_job(sweep, 3, overrides, curve={0: (0.4, 0.5), 5: (0.3, 0.9)}, final=False)
+    result = report(sweep)
+    assert [job.num for job in result["jobs"]] == [1, 0, 3, 2]
+    assert result["best"].num == 1
+    row = read_report_csv(sweep / "report.csv")[3]
+    assert row[:8] == ["3", "incomplete", "bert_tiny", "1e-5", "8", "0.3", "0.9", "5"]
+    assert "still running, or killed" in row[8]
+
+
+def test_not_a_sweep_dir_is_one_clear_error(tmp_path, capsys):
+    (tmp_path / "0").mkdir()  # numbered, but no .hydra/overrides.yaml
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"lmlab-report: error: {tmp_path}: not a sweep dir; expected numbered job dirs holding "
+        ".hydra/overrides.yaml (e.g. outputs/multirun/<name>/<timestamp>)"
+    )
+    assert not (tmp_path / "report.md").exists()
+
+
+def test_unknown_metric_names_the_available_ones(sweep, capsys):
+    with pytest.raises(SystemExit):
+        main([str(sweep), "--metric", "val/f1"])
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lmlab-report: error: --metric: 'val/f1' is in no job's metrics")
+    assert "val/accuracy" in err and "\n" not in err
