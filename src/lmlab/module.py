@@ -36,8 +36,10 @@ class TaskModule(pl.LightningModule):
     def _log_batch(self, results, stage: str) -> None:
         for name, (value, weight) in results.items():
             if stage == "train":  # per step; the loss as optimised, the rest for monitoring
-                self.log(f"train/{name}", value.detach(), prog_bar=name == "loss")
+                # sync_dist: with several processes (DDP), the mean over the global batch
+                self.log(f"train/{name}", value.detach(), prog_bar=name == "loss", sync_dist=True)
             else:  # epoch means weighted by what each batch holds (tokens, pairs, ...)
+                # a logged Metric syncs itself: its compute() sums every process's states
                 metric = self.metrics[stage][name]
                 metric.update(value.detach(), weight)
                 self.log(f"{stage}/{name}", metric, batch_size=max(int(weight), 1))
@@ -78,7 +80,9 @@ class TaskModule(pl.LightningModule):
         examples = self.trainer.datamodule.raw[SPLIT_OF_STAGE[stage]]
         for name, value in self.objective.score(records, examples, self.model).items():
             if isinstance(value, numbers.Number) and not isinstance(value, bool):
-                self.log(f"{stage}/{name}", float(value))
+                # the same on every process (the records were gathered); sync_dist
+                # only keeps Lightning from warning that an epoch value is not synced
+                self.log(f"{stage}/{name}", float(value), sync_dist=True)
             else:
                 self.details[f"{stage}/{name}"] = value
         if stage == "val" and self.details.get("val/samples"):
