@@ -11,6 +11,7 @@ from lmlab.cli.report import (
     best_job,
     choose_objective,
     curves_figure,
+    guess_mode,
     main,
     params_figure,
     rank,
@@ -225,3 +226,23 @@ def test_unknown_metric_names_the_available_ones(sweep, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("lmlab-report: error: --metric: 'val/f1' is in no job's metrics")
     assert "val/accuracy" in err and "\n" not in err
+
+
+def test_sweep_where_every_job_failed_still_reports_them(tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    write_job(sweep, 0, JOBS[0], "failed")
+    write_job(sweep, 1, JOBS[1], "failed")
+    result = report(sweep)
+    assert result["best"] is None and not (sweep / "best.yaml").exists()
+    rows = read_report_csv(sweep / "report.csv")
+    assert [(row[0], row[1], row[-1]) for row in rows[1:]] == [
+        ("0", "failed", ERROR),
+        ("1", "failed", ERROR),
+    ]
+    assert "no best job" in (sweep / "report.md").read_text()
+    assert (sweep / "curves.png").exists() and not (sweep / "params.png").exists()  # no points
+
+
+def test_direction_guessed_from_the_metric_name():
+    names = ("val/mlm_loss", "test/wer", "val/answer_f1", "val/accuracy")
+    assert [guess_mode(name) for name in names] == ["min", "min", "max", "max"]

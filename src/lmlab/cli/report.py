@@ -18,6 +18,7 @@ import io
 import json
 import math
 import os
+import re
 import shlex
 import sys
 from dataclasses import dataclass, field
@@ -197,8 +198,9 @@ def optuna_direction(sweep_dir: Path) -> str | None:
 
 
 def guess_mode(metric: str) -> str:
-    lower_is_better = ("loss", "perplexity", "error", "wer", "cer")
-    return "min" if any(word in metric.lower() for word in lower_is_better) else "max"
+    """min for losses and error rates (val/mlm_loss, test/wer), max for scores."""
+    words = set(re.split(r"[^a-z]+", metric.lower()))
+    return "min" if words & {"loss", "perplexity", "error", "wer", "cer"} else "max"
 
 
 def choose_objective(
@@ -218,10 +220,10 @@ def choose_objective(
             "--metric: the jobs' config.yaml name no optimized_metric or objective.monitor; "
             "give --metric NAME (e.g. --metric val/loss)"
         )
-    if not any(metric in job.metrics for job in jobs):
-        names = sorted({k for job in jobs for k in job.metrics})
+    names = sorted({k for job in jobs for k in job.metrics})
+    if names and metric not in names:  # (no names at all: every job failed before logging)
         raise LmlabError(
-            f"--metric: {metric!r} is in no job's metrics; available: {', '.join(names) or 'none'}"
+            f"--metric: {metric!r} is in no job's metrics; available: {', '.join(names)}"
         )
     if mode:
         sources.append("--mode")
@@ -421,13 +423,18 @@ def spans_decades(numbers: list[float], decades: float = 2) -> bool:
     return min(numbers) > 0 and math.log10(max(numbers) / min(numbers)) >= decades
 
 
+def scored_jobs(jobs: list[Job], objective: Objective) -> list[Job]:
+    """The jobs with a value to plot: final, or the last logged one of an unfinished job."""
+    return [j for j in jobs if j.status != FAILED and objective.metric in j.metrics]
+
+
 def params_figure(jobs: list[Job], params: list[str], objective: Objective):
     """The optimised metric against each swept parameter, one panel each: a log axis for
     numbers spanning two decades or more, a categorical axis for anything else."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    scored = [j for j in jobs if j.status != FAILED and objective.metric in j.metrics]
+    scored = scored_jobs(jobs, objective)
     fig = Figure(figsize=(4.5 * len(params), 4), layout="constrained")
     FigureCanvasAgg(fig)
     for ax, param in zip(fig.subplots(1, len(params), squeeze=False)[0], params):
@@ -513,7 +520,7 @@ def report(
     if best is not None:
         written.append(write_text(out_dir / "best.yaml", best_yaml(best, objective)))
     plots = [save_figure(curves_figure(ranked, params, objective), out_dir / "curves.png")]
-    if params:
+    if params and scored_jobs(ranked, objective):
         plots.append(save_figure(params_figure(ranked, params, objective), out_dir / "params.png"))
     markdown = report_markdown(
         sweep_dir, jobs, objective, params, table, best, [p.name for p in plots]
