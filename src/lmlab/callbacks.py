@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import math
 import sys
+import time
+from collections.abc import Mapping
+from typing import NamedTuple
 
-from pytorch_lightning.callbacks import ProgressBar, TQDMProgressBar
+import torch
+from pytorch_lightning.callbacks import Callback, ProgressBar, TQDMProgressBar
+from torch import nn
+
+from lmlab.errors import LmlabError
 
 
 def progress_bar(refresh_rate: int = 10) -> ProgressBar:
@@ -51,3 +59,189 @@ class LineProgress(ProgressBar):
         if not trainer.sanity_checking:
             metrics = self._format(trainer.callback_metrics, "val/")
             self._print(f"validation  step {trainer.global_step}  {metrics}")
+
+
+class Throughput(Callback):
+    """Logs training speed every `trainer.log_every_n_steps` optimizer steps, with the same
+    `self.log` calls as the other training metrics (so they land in the same metrics.csv row):
+
+    - perf/tokens_per_sec: real tokens (attention-mask ones; padding is not work), every
+      micro-batch of a gradient-accumulation step counted;
+    - perf/samples_per_sec;
+    - perf/mfu: model FLOP utilisation, when the peak FLOP/s of a device is known: `peak_flops`
+      if given, else Lightning's table for the GPU and precision (none for CPUs: no mfu).
+
+    Rates are over the training wall-clock time since the last log, validation excluded.
+    Under DDP they are global: each process's counts are summed by one all-reduce per log
+    (not per step) and divided by this process's window time; mfu divides by the peak of all
+    devices (peak x world size).
+    """
+
+    def __init__(self, peak_flops: float | None = None):
+        super().__init__()
+        self.peak_flops = positive_flops(peak_flops)
+        self.clock = time.perf_counter  # tests put a fake clock here
+        self._peak: float | None = None  # per device, resolved when training starts
+        self._flops = FlopsModel(0, 0, 0)
+        self._last_step = -1
+        self._since: float | None = None  # when the training clock last started; None: stopped
+        self._paused = False  # stopped by a validation inside fit, to restart after it
+        self._reset_window()
+
+    def _reset_window(self) -> None:
+        self._seconds = 0.0
+        self._samples = 0
+        self._tokens = 0  # an int, or a 0-d tensor on the device (no host sync per step)
+        self._squared_lengths = 0
+
+    def _now(self, pl_module) -> float:
+        if pl_module.device.type == "cuda":  # queued GPU work belongs to the time before now
+            torch.cuda.synchronize(pl_module.device)
+        return self.clock()
+
+    def on_train_start(self, trainer, pl_module):
+        self._peak = self.peak_flops or device_peak_flops(trainer)
+        self._flops = FlopsModel.of(getattr(pl_module, "model", pl_module))
+        self._last_step = trainer.global_step
+        self._reset_window()
+        self._since = self._now(pl_module)
+
+    def on_train_end(self, trainer, pl_module):
+        self._since = None
+        self._paused = False
+
+    def on_validation_start(self, trainer, pl_module):
+        if self._since is not None:  # a validation inside fit: its time is not training time
+            self._seconds += self._now(pl_module) - self._since
+            self._since = None
+            self._paused = True
+
+    def on_validation_end(self, trainer, pl_module):
+        # What follows (checkpoint writes, the next batch's fetch) is training cost again.
+        if self._paused:
+            self._since = self._now(pl_module)
+            self._paused = False
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        samples, tokens, squared_lengths = batch_counts(batch)
+        self._samples += samples
+        self._tokens = self._tokens + tokens
+        self._squared_lengths = self._squared_lengths + squared_lengths
+        step = trainer.global_step
+        if step == self._last_step:  # a micro-batch of an accumulation: no optimizer step yet
+            return
+        self._last_step = step
+        every = trainer.log_every_n_steps
+        if every and step % every == 0:  # the steps Lightning sends logged values on
+            self._log(trainer, pl_module)
+
+    def _log(self, trainer, pl_module) -> None:
+        counts = torch.stack(
+            [
+                torch.as_tensor(value, dtype=torch.int64, device=pl_module.device)
+                for value in (self._samples, self._tokens, self._squared_lengths)
+            ]
+        )
+        samples, tokens, squared_lengths = trainer.strategy.reduce(counts, reduce_op="sum").tolist()
+        now = self._now(pl_module)
+        seconds = self._seconds + now - self._since
+        self._reset_window()
+        self._since = now
+        if seconds <= 0:
+            return
+        metrics = {
+            "perf/tokens_per_sec": tokens / seconds,
+            "perf/samples_per_sec": samples / seconds,
+        }
+        if self._peak:
+            flops = self._flops.flops(tokens, squared_lengths)
+            metrics["perf/mfu"] = flops / seconds / (self._peak * trainer.world_size)
+        for name, value in metrics.items():  # already global: no sync_dist
+            pl_module.log(name, value, on_step=True, on_epoch=False)
+
+
+def batch_counts(batch) -> tuple[int, torch.Tensor | int, torch.Tensor | int]:
+    """(samples, real tokens, sum over samples of real length squared) of a batch of
+    `input_ids` (and `attention_mask`); (0, 0, 0) for a batch without input_ids."""
+    input_ids = batch.get("input_ids") if isinstance(batch, Mapping) else None
+    if input_ids is None:
+        return 0, 0, 0
+    samples, length = input_ids.shape[0], input_ids.shape[-1]
+    mask = batch.get("attention_mask")
+    if mask is None:
+        return samples, samples * length, samples * length * length
+    lengths = mask.sum(dim=-1)
+    return samples, lengths.sum(), (lengths * lengths).sum()
+
+
+class FlopsModel(NamedTuple):
+    """Training FLOPs of a transformer, PaLM's estimate (Chowdhery et al. 2022, appendix B):
+    6N per token for the parameter matmuls (2N forward + 4N backward), plus 12·L·d·T per token
+    for the attention scores and their weighted sum over a sequence of T real tokens.
+
+    N counts the parameters that take part in a matmul: every parameter but embedding
+    lookup tables (position, token-type and untied token embeddings), while a token
+    embedding tied to the output layer counts, since that layer multiplies by it. It assumes
+    every parameter trains, and that heads run on every position (an MLM head that predicts
+    only masked positions does less). L and d come from the model config (num_hidden_layers,
+    hidden_size); a model without them gets no attention term."""
+
+    parameters: int  # N
+    layers: int  # L
+    hidden: int  # d
+
+    @classmethod
+    def of(cls, model: nn.Module) -> FlopsModel:
+        config = getattr(model, "config", None)
+        layers = getattr(config, "num_hidden_layers", 0) or 0
+        hidden = getattr(config, "hidden_size", 0) or 0
+        return cls(matmul_parameters(model), int(layers), int(hidden))
+
+    def flops(self, tokens: int, squared_lengths: int) -> int:
+        """FLOPs of training on `tokens` tokens in sequences whose lengths squared sum to
+        `squared_lengths` (each token attends over its sequence: L·d·T per token, T²)."""
+        return 6 * self.parameters * tokens + 12 * self.layers * self.hidden * squared_lengths
+
+
+def matmul_parameters(model: nn.Module) -> int:
+    get_output = getattr(model, "get_output_embeddings", None)
+    output = get_output() if callable(get_output) else None
+    tied = {id(output.weight)} if output is not None else set()
+    lookups = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)} - tied
+    return sum(p.numel() for p in model.parameters() if id(p) not in lookups)
+
+
+# trainer.precision ("bf16-mixed", "32-true", ...) -> the dtype the matmuls run in
+_COMPUTE_DTYPE = {
+    "64": torch.float64,
+    "32": torch.float32,
+    "16": torch.float16,
+    "bf16": torch.bfloat16,
+}
+
+
+def device_peak_flops(trainer) -> float | None:
+    """Peak FLOP/s of one device from Lightning's table (CUDA GPUs and TPUs it knows); None
+    for CPUs, unknown chips and precisions outside the table."""
+    from lightning_fabric.utilities.throughput import get_available_flops
+
+    device = trainer.strategy.root_device
+    dtype = _COMPUTE_DTYPE.get(str(trainer.precision).split("-")[0])
+    if device.type not in ("cuda", "xla") or dtype is None:
+        return None
+    return get_available_flops(device, dtype)
+
+
+def positive_flops(value) -> float | None:
+    if value is None:
+        return None
+    try:
+        flops = float(value)
+    except (TypeError, ValueError):
+        flops = 0.0
+    if not (0 < flops < math.inf) or isinstance(value, bool):
+        raise LmlabError(
+            f"callbacks.throughput.peak_flops: expected a positive number of FLOP/s per device "
+            f"(e.g. 1e12) or null, got {value!r}"
+        )
+    return flops
