@@ -91,9 +91,22 @@ def build(cfg: DictConfig) -> Experiment:
     )
 
 
+def instantiate_plain(node: DictConfig):
+    """hydra.utils.instantiate, letting an LmlabError through as its one line (Hydra wraps
+    every error in a multi-line InstantiationException)."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, LmlabError):
+            raise e.__cause__ from None
+        raise
+
+
 def make_trainer(cfg: DictConfig):
     import pytorch_lightning as pl
-    from hydra.utils import instantiate
 
     t = cfg.trainer
     step_interval = isinstance(t.val_check_interval, int)
@@ -119,8 +132,8 @@ def make_trainer(cfg: DictConfig):
     settings = {
         k: v for k, v in settings.items() if v is not None or k == "check_val_every_n_epoch"
     }
-    loggers = [instantiate(c) for c in (cfg.logger or {}).values() if c]
-    callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c]
+    loggers = [instantiate_plain(c) for c in (cfg.logger or {}).values() if c]
+    callbacks = [instantiate_plain(c) for c in (cfg.callbacks or {}).values() if c]
     # no_grad rather than inference_mode for evaluation: metric states touched by the
     # validation before fit must stay usable in training
     settings["inference_mode"] = False
@@ -180,6 +193,7 @@ def fit_and_export(cfg: DictConfig, exp: Experiment, trainer) -> dict:
     """train(), once the objects exist: every process of a multi-process run runs it."""
     from lmlab.export import save_pretrained
     from lmlab.fileutil import write_json
+    from lmlab.loggers import close as close_loggers
 
     run_dir = Path(cfg.paths.run_dir)
     if trainer.is_global_zero:  # the other processes of a DDP run share rank zero's run dir
@@ -207,6 +221,7 @@ def fit_and_export(cfg: DictConfig, exp: Experiment, trainer) -> dict:
             metrics["export"] = str(export)
         metrics |= exp.objective.finish(model, run_dir)
         write_json(metrics, run_dir / "metrics.json")
+    close_loggers(trainer.loggers)  # a wandb run stays open across fit, validate and test
     return metrics
 
 

@@ -276,11 +276,17 @@ def _sweep_uid() -> str:
     return os.environ.setdefault("LMLAB_SWEEP_UID", os.urandom(3).hex())
 
 
+def _abspath(path: str) -> str:
+    """An absolute path, for values read from elsewhere than the launch dir (tracking URIs)."""
+    return os.path.abspath(os.path.expanduser(path))
+
+
 def register_resolvers() -> None:
     resolvers = [
         ("package_model", _package_model),
         ("lmlab_run_dir", _run_dir),
         ("lmlab_uid", _sweep_uid),
+        ("lmlab_abspath", _abspath),
     ]
     for name, fn in resolvers:
         if not OmegaConf.has_resolver(name):

@@ -22,7 +22,8 @@ class TaskModule(pl.LightningModule):
         self.model = model
         self.objective = objective
         self.optim = config["objective"]
-        self.save_hyperparameters({"config": config})
+        # loggers get the config flattened, with the parameter counts (on_fit_start)
+        self.save_hyperparameters({"config": config}, logger=False)
         self.metrics = nn.ModuleDict(
             {
                 stage: nn.ModuleDict({name: MeanMetric() for name in objective.metric_names})
@@ -32,6 +33,13 @@ class TaskModule(pl.LightningModule):
         self.records: dict[str, list] = {"val": [], "test": []}
         self.details: dict[str, object] = {}  # non-scalar results of the last evaluations
         freeze(model, self.optim["freeze_embeddings"], self.optim["freeze_layers"])
+
+    def on_fit_start(self):
+        """Every logger gets the resolved config with dotted keys (model.name, objective.lr,
+        tags, ...) and the parameter counts (params.total, params.trainable)."""
+        from lmlab.loggers import log_hyperparams
+
+        log_hyperparams(self.loggers, self.hparams["config"], self.model)
 
     def _log_batch(self, results, stage: str) -> None:
         for name, (value, weight) in results.items():
