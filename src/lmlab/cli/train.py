@@ -12,6 +12,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from lmlab import sweeps
 from lmlab.config import config_dir, validate
 from lmlab.errors import LmlabError
 
@@ -34,25 +35,47 @@ def fail(error: Exception) -> None:
     sys.exit(2)
 
 
-def run(cfg: DictConfig):
-    """The Hydra task: returns the metric a sweeper optimises (objective.monitor)."""
-    try:
-        validate(cfg)  # cheap checks before the heavy imports
-        from lmlab.build import train
+def train_and_report(cfg: DictConfig) -> float | None:
+    validate(cfg)  # cheap checks before the heavy imports
+    from lmlab.build import train
 
-        metrics = train(cfg)
-    except LmlabError as e:
-        fail(e)
+    metrics = train(cfg)
     if "export" in metrics:
         print(f"export: {metrics['export']}")
     if "sample" in metrics:
         print(f"sample: {metrics['sample']}")
-    return metrics.get(cfg.objective.monitor)
+    return sweeps.optimized_value(metrics, cfg.optimized_metric)
+
+
+def run(cfg: DictConfig) -> float | None:
+    """The Hydra task: returns metrics[optimized_metric], the value a sweeper optimises.
+
+    Every job writes <run dir>/status.json. A failed job of a multirun raises, so that
+    Hydra records it and the sweep goes on; a single run keeps its one-line error, exit 2."""
+    try:
+        value = train_and_report(cfg)
+    except Exception as e:
+        sweeps.write_status(cfg, None, e)
+        if sweeps.in_multirun():
+            raise sweeps.job_failed(e) from e
+        if isinstance(e, LmlabError):
+            fail(e)
+        raise
+    sweeps.write_status(cfg, value, None)
+    return value
 
 
 def main() -> None:
     sys.argv = [sys.argv[0], *expand_data_path(sys.argv[1:])]
-    hydra.main(config_path=str(config_dir()), config_name="train", version_base="1.3")(run)()
+    code = 0
+    try:
+        hydra.main(config_path=str(config_dir()), config_name="train", version_base="1.3")(run)()
+    except SystemExit as e:  # Hydra exits 1 after a sweep whose first batch had a failed job
+        code = e.code
+    sweep_dir = sweeps.sweep_dir()
+    if sweep_dir is not None:  # a multirun: every job has run; list the failed ones
+        code = sweeps.summarize(sweep_dir) or code
+    sys.exit(code)
 
 
 if __name__ == "__main__":
