@@ -70,7 +70,7 @@ def main() -> None:
     code = 0
     try:
         hydra.main(config_path=str(config_dir()), config_name="train", version_base="1.3")(run)()
-    except SystemExit as e:  # Hydra exits 1 after a sweep whose first batch had a failed job
+    except SystemExit as e:  # Hydra's errors (1), fail() (2); also a sweep with a failed job (1)
         code = e.code
     sweep_dir = sweeps.sweep_dir()
     if sweep_dir is not None:  # a multirun: every job has run; list the failed ones
