@@ -69,6 +69,11 @@ def csv_series(run_dir: Path, name: str) -> list[tuple[int, float]]:
         return [(int(r["step"]), float(r[name])) for r in csv.DictReader(f) if r[name]]
 
 
+def assert_same_series(logged: list[tuple[int, float]], expected: list[tuple[int, float]]):
+    assert [step for step, _ in logged] == [step for step, _ in expected]
+    assert [value for _, value in logged] == pytest.approx([value for _, value in expected])
+
+
 # ---------------------------------------------------------------- csv
 
 
@@ -103,7 +108,7 @@ def test_tensorboard_has_the_scalars_of_the_csv(many_run, tensorboard):
     assert {"train/loss", "val/loss"} <= set(tensorboard.Tags()["scalars"])
     assert "hp_metric" not in tensorboard.Tags()["scalars"]
     train_loss = [(e.step, e.value) for e in tensorboard.Scalars("train/loss")]
-    assert train_loss == pytest.approx(csv_series(many_run["dir"], "train/loss"))
+    assert_same_series(train_loss, csv_series(many_run["dir"], "train/loss"))
     last_val_loss = tensorboard.Scalars("val/loss")[-1].value
     assert last_val_loss == pytest.approx(many_run["metrics"]["val/loss"])
 
@@ -160,7 +165,7 @@ def test_mlflow_metric_history_matches_the_csv(many_run, mlflow_run):
     client, runs = mlflow_run
     run_id = runs[0].info.run_id
     train_loss = [(m.step, m.value) for m in client.get_metric_history(run_id, "train/loss")]
-    assert train_loss == pytest.approx(csv_series(many_run["dir"], "train/loss"))
+    assert_same_series(train_loss, csv_series(many_run["dir"], "train/loss"))
     val_loss = client.get_metric_history(run_id, "val/loss")
     assert max(val_loss, key=lambda m: (m.step, m.timestamp)).value == pytest.approx(
         many_run["metrics"]["val/loss"]
@@ -205,7 +210,7 @@ def test_wandb_logs_offline_in_the_run_dir_under_one_id(many_run, wandb_runs):
 def test_wandb_history_and_config_match_the_run(many_run, wandb_runs):
     history = [r["history"]["item"] for records in wandb_runs for r in records if "history" in r]
     train_loss = [(h["trainer/global_step"], h["train/loss"]) for h in history if "train/loss" in h]
-    assert train_loss == pytest.approx(csv_series(many_run["dir"], "train/loss"))
+    assert_same_series(train_loss, csv_series(many_run["dir"], "train/loss"))
     val_loss = [h["val/loss"] for h in history if "val/loss" in h]
     assert val_loss[-1] == pytest.approx(many_run["metrics"]["val/loss"])
     config = {}
@@ -292,40 +297,69 @@ def test_wandb_credentials_follow_the_configured_host(tmp_path):
 # ---------------------------------------------------------------- groups and names
 
 
-def set_hydra_job(mp, mode: str, run_dir: Path, sweep_dir: Path, overrides: str) -> None:
+def set_hydra_job(mp, mode: str, run_dir: Path, sweep_dir: Path, overrides: list[str], **hydra):
+    """Makes HydraConfig say that the job of `overrides` runs in `run_dir` (until mp undoes it)."""
     from hydra.conf import HydraConf
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    hydra = OmegaConf.structured(HydraConf)
-    hydra.mode = RunMode[mode]
-    hydra.sweep.dir = str(sweep_dir)
-    hydra.runtime.output_dir = str(run_dir)
-    hydra.job.override_dirname = overrides
-    mp.setattr(HydraConfig.instance(), "cfg", None)  # restored after the test
-    HydraConfig.instance().set_config(OmegaConf.create({"hydra": hydra}))
+    config = OmegaConf.merge(OmegaConf.structured(HydraConf), hydra)
+    config.mode = RunMode[mode]
+    config.sweep.dir = str(sweep_dir)
+    config.runtime.output_dir = str(run_dir)
+    config.overrides.task = overrides
+    config.job.override_dirname = ",".join(sorted(overrides))
+    mp.setattr(HydraConfig.instance(), "cfg", None)
+    HydraConfig.instance().set_config(OmegaConf.create({"hydra": config}))
 
 
 def test_run_labels_without_hydra_use_name_and_run_dir(tmp_path):
     assert run_labels("train", str(tmp_path / "ab12cd34")) == ("train", "ab12cd34")
 
 
-def test_run_labels_of_a_multirun_job_group_by_sweep_and_name_by_overrides(tmp_path):
-    sweep = tmp_path / "multirun" / "train" / "2026-01-02_03-04-05-a1b2c3"
+SWEEP = "2026-01-02_03-04-05-a1b2c3"
+
+
+def test_multirun_job_is_grouped_by_sweep_and_named_by_what_the_command_swept(tmp_path):
+    sweep = tmp_path / "multirun" / "train" / SWEEP
+    sweep.mkdir(parents=True)
+    task = ["trainer=debug", "objective.lr=1e-4,1e-3", "seed=1,2"]
+    OmegaConf.save({"hydra": {"overrides": {"task": task}}}, sweep / "multirun.yaml")
+    job = ["trainer=debug", "objective.lr=0.001", "seed=2"]
     with pytest.MonkeyPatch.context() as mp:
-        set_hydra_job(mp, "MULTIRUN", sweep / "1", sweep, "objective.lr=0.001")
-        assert run_labels("train", str(sweep / "1")) == (
-            "train/2026-01-02_03-04-05-a1b2c3",
-            "objective.lr=0.001",
+        set_hydra_job(mp, "MULTIRUN", sweep / "3", sweep, job)
+        assert run_labels("train", str(sweep / "3")) == (
+            f"train/{SWEEP}",
+            "objective.lr=0.001,seed=2",
         )
         # a Hydra config left from another job of this process is not this run's
         assert run_labels("train", str(tmp_path / "other")) == ("train", "other")
 
 
+def test_optuna_job_is_named_by_the_sweeper_params(tmp_path):
+    sweep = tmp_path / SWEEP  # no multirun.yaml: Optuna's sweeper writes none
+    job = ["trainer=debug", "objective.lr=0.0003", "objective.warmup_ratio=0.1"]
+    params = {"objective.lr": "tag(log, interval(1e-5, 1e-3))", "objective.warmup_ratio": "0,0.1"}
+    with pytest.MonkeyPatch.context() as mp:
+        set_hydra_job(mp, "MULTIRUN", sweep / "0", sweep, job, sweeper={"params": params})
+        assert run_labels("sst2", str(sweep / "0")) == (
+            f"sst2/{SWEEP}",
+            "objective.lr=0.0003,objective.warmup_ratio=0.1",
+        )
+
+
+def test_multirun_job_with_nothing_swept_known_is_named_by_all_its_overrides(tmp_path):
+    with pytest.MonkeyPatch.context() as mp:
+        set_hydra_job(mp, "MULTIRUN", tmp_path / "0", tmp_path, ["seed=3", "trainer=debug"])
+        assert run_labels("train", str(tmp_path / "0"))[1] == "seed=3,trainer=debug"
+
+
 def test_run_labels_of_a_single_run(tmp_path):
     with pytest.MonkeyPatch.context() as mp:
-        set_hydra_job(mp, "RUN", tmp_path / "ab12", tmp_path / "unused", "")
+        set_hydra_job(mp, "RUN", tmp_path / "ab12", tmp_path / "unused", [])
         assert run_labels("quickstart", str(tmp_path / "ab12")) == ("quickstart", "ab12")
+        set_hydra_job(mp, "RUN", tmp_path / "cd34", tmp_path / "unused", ["seed=3"])
+        assert run_labels("quickstart", str(tmp_path / "cd34")) == ("quickstart", "seed=3")
 
 
 def test_tracking_id_is_kept_per_run_dir(tmp_path):
@@ -439,10 +473,10 @@ def test_cli_multirun_groups_its_jobs_in_every_logger(tmp_path, tiny_overrides, 
     group = f"train/{sweep.name}"
     client = MlflowClient(f"sqlite:///{tmp_path}/out/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name(group).experiment_id])
-    names = sorted(r.info.run_name for r in runs)
-    assert len(names) == 2 and "seed=1" in names[0] and "seed=2" in names[1]
+    assert sorted(r.info.run_name for r in runs) == ["seed=1", "seed=2"]
     for job in ("0", "1"):
         assert list((sweep / job / "tensorboard").glob("events.out.tfevents.*"))
         (offline_run,) = (sweep / job / "wandb").glob("offline-run-*")
         (run,) = [r["run"] for r in wandb_records(offline_run) if r["type"] == "run"]
         assert run["run_group"] == group
+        assert run["display_name"] == f"seed={int(job) + 1}"

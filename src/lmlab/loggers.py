@@ -21,6 +21,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from lightning_fabric.utilities.logger import _convert_params, _flatten_dict
+from omegaconf import OmegaConf
 from pytorch_lightning.loggers import CSVLogger as LightningCSVLogger
 from pytorch_lightning.loggers import MLFlowLogger as LightningMLFlowLogger
 from pytorch_lightning.loggers import TensorBoardLogger as LightningTensorBoardLogger
@@ -89,15 +90,32 @@ def _hydra_job(run_dir: str):
 
 def run_labels(base: str, run_dir: str) -> tuple[str, str]:
     """(group, run name). A multirun's jobs share the group '<base>/<sweep dir name>' and are
-    named by their overrides; a single run is grouped under <base> and named by its overrides,
-    or by its run dir when it has none (or when composed from Python)."""
+    named by the overrides that tell them apart (seed=2); a single run is grouped under <base>
+    and named by its overrides, or by its run dir when it has none (or is composed from Python)."""
     from hydra.types import RunMode
 
     job = _hydra_job(run_dir)
     if job is None:
         return base, Path(run_dir).name
-    group = f"{base}/{Path(job.sweep.dir).name}" if job.mode == RunMode.MULTIRUN else base
-    return group, job.job.override_dirname or Path(run_dir).name
+    if job.mode != RunMode.MULTIRUN:
+        return base, job.job.override_dirname or Path(run_dir).name
+    name = ",".join(swept_overrides(job)) or job.job.override_dirname or Path(run_dir).name
+    return f"{base}/{Path(job.sweep.dir).name}", name
+
+
+def swept_overrides(job) -> list[str]:
+    """The overrides of this multirun job that the sweep varies: the sweeper's params (Optuna,
+    hydra.sweeper.params), and those the command line swept (seed=1,2), found as the job's
+    overrides missing from the sweep's own list in <sweep dir>/multirun.yaml (basic sweeper)."""
+    swept_keys = set(OmegaConf.select(job, "sweeper.params") or {})
+    sweep_file = Path(job.sweep.dir) / "multirun.yaml"
+    common = set(OmegaConf.load(sweep_file).hydra.overrides.task) if sweep_file.is_file() else None
+    return [
+        override
+        for override in job.overrides.task
+        if override.split("=")[0].lstrip("+~") in swept_keys
+        or (common is not None and override not in common)
+    ]
 
 
 def tracking_id(run_dir: str) -> str:
@@ -211,7 +229,7 @@ def wandb_mode(offline: bool, environ=os.environ) -> str:
         return "offline"
     if wandb_credentials(environ):
         return "online"
-    print(
+    rank_zero_only(print)(
         "logger.wandb.offline=false, but no W&B credentials (WANDB_API_KEY or `wandb login`): "
         "logging offline; upload later with `wandb sync <run dir>/wandb/offline-run-*`",
         flush=True,
