@@ -257,7 +257,8 @@ def check_processes(t: DictConfig) -> None:
     if t.accelerator in ("gpu", "cuda"):
         import torch
 
-        if not torch.cuda.is_available():
+        apple_gpu = t.accelerator == "gpu" and torch.backends.mps.is_available()
+        if not (torch.cuda.is_available() or apple_gpu):
             raise LmlabError(
                 f"trainer.accelerator: '{t.accelerator}', but torch finds no CUDA GPU "
                 f"(torch {torch.__version__}); on CPUs: trainer.accelerator=cpu"
