@@ -323,9 +323,9 @@ SWEEP = "2026-01-02_03-04-05-a1b2c3"
 def test_multirun_job_is_grouped_by_sweep_and_named_by_what_the_command_swept(tmp_path):
     sweep = tmp_path / "multirun" / "train" / SWEEP
     sweep.mkdir(parents=True)
-    task = ["trainer=debug", "objective.lr=1e-4,1e-3", "seed=1,2"]
+    task = ["trainer=debug", "export=false", "objective.lr=1e-4,1e-3", "seed=1,2"]
     OmegaConf.save({"hydra": {"overrides": {"task": task}}}, sweep / "multirun.yaml")
-    job = ["trainer=debug", "objective.lr=0.001", "seed=2"]
+    job = ["trainer=debug", "export=False", "objective.lr=0.001", "seed=2"]  # as Hydra writes them
     with pytest.MonkeyPatch.context() as mp:
         set_hydra_job(mp, "MULTIRUN", sweep / "3", sweep, job)
         assert run_labels("train", str(sweep / "3")) == (

@@ -105,17 +105,18 @@ def run_labels(base: str, run_dir: str) -> tuple[str, str]:
 
 def swept_overrides(job) -> list[str]:
     """The overrides of this multirun job that the sweep varies: the sweeper's params (Optuna,
-    hydra.sweeper.params), and those the command line swept (seed=1,2), found as the job's
-    overrides missing from the sweep's own list in <sweep dir>/multirun.yaml (basic sweeper)."""
-    swept_keys = set(OmegaConf.select(job, "sweeper.params") or {})
+    hydra.sweeper.params), and the keys the command line swept (seed=1,2), read from the sweep's
+    <sweep dir>/multirun.yaml (basic sweeper)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    swept = set(OmegaConf.select(job, "sweeper.params") or {})
     sweep_file = Path(job.sweep.dir) / "multirun.yaml"
-    common = set(OmegaConf.load(sweep_file).hydra.overrides.task) if sweep_file.is_file() else None
-    return [
-        override
-        for override in job.overrides.task
-        if override.split("=")[0].lstrip("+~") in swept_keys
-        or (common is not None and override not in common)
-    ]
+    if sweep_file.is_file():
+        command = list(OmegaConf.load(sweep_file).hydra.overrides.task)
+        swept |= {o.key_or_group for o in parser.parse_overrides(command) if o.is_sweep_override()}
+    own = list(job.overrides.task)
+    return [text for text, o in zip(own, parser.parse_overrides(own)) if o.key_or_group in swept]
 
 
 def tracking_id(run_dir: str) -> str:
