@@ -15,7 +15,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -66,15 +66,16 @@ def _answers(url: str) -> bool:
 
 def _stop(proc: subprocess.Popen) -> None:
     """SIGTERM to the server's process group (MLflow's server runs uvicorn workers as
-    children), SIGKILL if it is still there 10 s later."""
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
+    children), then SIGKILL to whatever of the group is left 15 s later."""
     try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:  # the whole group is gone already
+        return
+    with suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=15)
+    with suppress(ProcessLookupError):  # None left: the usual case
         os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    proc.wait()
 
 
 @contextmanager
