@@ -99,29 +99,40 @@ class FakeClock:
         return self.now
 
 
+class ListLogger:
+    def __init__(self):
+        self.logged: dict[str, list[float]] = {}
+
+    def log_metrics(self, metrics: dict, step: int) -> None:
+        for name, value in metrics.items():
+            self.logged.setdefault(name, []).append(value)
+
+
 def fake_fit(callback, world_size=1, summed_over=1, log_every=2):
     """A trainer and module double: `reduce` multiplies by `summed_over` as a sum over that
     many identical processes would. Returns (trainer, module, logged {name: [values]})."""
-    logged: dict[str, list[float]] = {}
+    logger = ListLogger()
     strategy = SimpleNamespace(
         reduce=lambda t, reduce_op: t * summed_over if reduce_op == "sum" else None,
         root_device=torch.device("cpu"),
     )
     trainer = SimpleNamespace(
         global_step=0,
+        fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(_batches_that_stepped=0)),
         log_every_n_steps=log_every,
         world_size=world_size,
+        is_global_zero=True,
+        loggers=[logger],
         strategy=strategy,
         precision="32-true",
     )
     module = SimpleNamespace(
         device=torch.device("cpu"),
         model=nn.Linear(10, 10),  # 110 matmul parameters, no config: no attention term
-        log=lambda name, value, **kw: logged.setdefault(name, []).append(value),
     )
     callback.clock = FakeClock()
     callback.on_train_start(trainer, module)
-    return trainer, module, logged
+    return trainer, module, logger.logged
 
 
 def train_step(callback, trainer, module, seconds=1.0, micro_batches=1):
@@ -177,6 +188,14 @@ def test_under_ddp_rates_are_summed_over_processes_and_mfu_is_per_device():
     assert two["perf/tokens_per_sec"] == [2 * one["perf/tokens_per_sec"][0]]
     assert two["perf/samples_per_sec"] == [2 * one["perf/samples_per_sec"][0]]
     assert two["perf/mfu"] == pytest.approx(one["perf/mfu"])  # twice the work on twice the peak
+
+
+def test_under_ddp_only_rank_zero_logs():
+    callback = Throughput()
+    trainer, module, logged = fake_fit(callback, world_size=2, summed_over=2, log_every=1)
+    trainer.is_global_zero = False
+    train_step(callback, trainer, module)
+    assert logged == {}
 
 
 # ---------------------------------------------------------------- a real Lightning fit
@@ -264,8 +283,11 @@ def test_lmlab_run_logs_perf_metrics_to_metrics_csv(
         "export=false",
     ]
     train(compose(overrides, run_dir=str(tmp_path / "run")))
-    rows = perf_rows(read_rows(tmp_path / "run" / "metrics.csv"))
-    assert len(rows) == 2 and all(r["train/loss"] for r in rows)  # the train rows themselves
+    all_rows = read_rows(tmp_path / "run" / "metrics.csv")
+    rows = perf_rows(all_rows)
+    # logged at every step (trainer=debug), under the step numbers of train/loss
+    assert [r["step"] for r in rows] == [r["step"] for r in all_rows if r["train/loss"]]
+    assert len(rows) == 2
     for row in rows:
         tokens, samples = float(row["perf/tokens_per_sec"]), float(row["perf/samples_per_sec"])
         assert tokens / samples == pytest.approx(32, rel=1e-5)  # packed blocks of 32, no padding
