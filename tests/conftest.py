@@ -101,12 +101,12 @@ def lmlab_cache_dir(tmp_path_factory):
 def tiny_overrides(tiny_text_file):
     """tiny_overrides(model_type, steps=4) -> the overrides that make a run tiny: a 2-layer
     width-32 model, a 300-token vocabulary, the tiny file, blocks of 32 and batches of 4.
-    trainer=debug is given, and its step settings again explicitly: an experiment's own
-    trainer keys override the trainer preset (see test_config.py)."""
+    debug=default caps the schedule of any experiment (composed after it); the step settings
+    are given again so that tests can ask for more steps."""
 
     def overrides(model_type: str, steps: int = 4) -> list[str]:
         return [
-            "trainer=debug",
+            "debug=default",
             f"trainer.max_steps={steps}",
             "trainer.val_check_interval=2",
             "trainer.limit_val_batches=2",

@@ -80,13 +80,25 @@ def test_required_key_left_out_names_the_key(choice, tmp_path):
 
 
 @pytest.mark.parametrize("experiment", options("experiment"))
-def test_trainer_debug_keeps_every_experiment_short(experiment, tmp_path):
-    """Experiments may set schedule keys (epochs, validation interval, time budget), but
-    trainer=debug still stops any of them after 4 steps and 2 validation batches."""
-    cfg = compose([f"experiment={experiment}", "trainer=debug"], run_dir=tmp_path)
+def test_debug_keeps_every_experiment_short(experiment, tmp_path):
+    """Experiments set their schedule (steps, epochs, validation interval, time budget), but
+    debug=default still stops any of them after 4 steps and 2 validation batches."""
+    cfg = compose([f"experiment={experiment}", "debug=default"], run_dir=tmp_path)
     assert cfg.trainer.max_steps == 4
     assert cfg.trainer.limit_val_batches == 2
     assert cfg.trainer.log_every_n_steps == 1
+    assert cfg.trainer.max_time is None
+
+
+@pytest.mark.parametrize("hardware", ["ddp", "gpu", "fsdp", "deepspeed"])
+@pytest.mark.parametrize("experiment", ["pretrain_gpt", "finetune_ner"])
+def test_hardware_presets_keep_the_experiments_schedule(experiment, hardware, tmp_path):
+    """trainer=<preset> says where to train, the experiment how long."""
+    alone = compose([f"experiment={experiment}"], run_dir=tmp_path).trainer
+    cfg = compose([f"experiment={experiment}", f"trainer={hardware}"], run_dir=tmp_path).trainer
+    for key in ("max_epochs", "max_steps", "val_check_interval", "max_time"):
+        assert cfg[key] == alone[key], key
+    assert cfg.strategy != "auto" or cfg.accelerator == "gpu"
 
 
 # ---------------------------------------------------------------- misspelt and mistyped keys

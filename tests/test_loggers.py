@@ -323,9 +323,9 @@ SWEEP = "2026-01-02_03-04-05-a1b2c3"
 def test_multirun_job_is_grouped_by_sweep_and_named_by_what_the_command_swept(tmp_path):
     sweep = tmp_path / "multirun" / "train" / SWEEP
     sweep.mkdir(parents=True)
-    task = ["trainer=debug", "export=false", "objective.lr=1e-4,1e-3", "seed=1,2"]
+    task = ["debug=default", "export=false", "objective.lr=1e-4,1e-3", "seed=1,2"]
     OmegaConf.save({"hydra": {"overrides": {"task": task}}}, sweep / "multirun.yaml")
-    job = ["trainer=debug", "export=False", "objective.lr=0.001", "seed=2"]  # as Hydra writes them
+    job = ["debug=default", "export=False", "objective.lr=0.001", "seed=2"]  # as Hydra writes them
     with pytest.MonkeyPatch.context() as mp:
         set_hydra_job(mp, "MULTIRUN", sweep / "3", sweep, job)
         assert run_labels("train", str(sweep / "3")) == (
@@ -338,7 +338,7 @@ def test_multirun_job_is_grouped_by_sweep_and_named_by_what_the_command_swept(tm
 
 def test_optuna_job_is_named_by_the_sweeper_params(tmp_path):
     sweep = tmp_path / SWEEP  # no multirun.yaml: Optuna's sweeper writes none
-    job = ["trainer=debug", "objective.lr=0.0003", "objective.warmup_ratio=0.1"]
+    job = ["debug=default", "objective.lr=0.0003", "objective.warmup_ratio=0.1"]
     params = {"objective.lr": "tag(log, interval(1e-5, 1e-3))", "objective.warmup_ratio": "0,0.1"}
     with pytest.MonkeyPatch.context() as mp:
         set_hydra_job(mp, "MULTIRUN", sweep / "0", sweep, job, sweeper={"params": params})
@@ -350,8 +350,8 @@ def test_optuna_job_is_named_by_the_sweeper_params(tmp_path):
 
 def test_multirun_job_with_nothing_swept_known_is_named_by_all_its_overrides(tmp_path):
     with pytest.MonkeyPatch.context() as mp:
-        set_hydra_job(mp, "MULTIRUN", tmp_path / "0", tmp_path, ["seed=3", "trainer=debug"])
-        assert run_labels("train", str(tmp_path / "0"))[1] == "seed=3,trainer=debug"
+        set_hydra_job(mp, "MULTIRUN", tmp_path / "0", tmp_path, ["seed=3", "debug=default"])
+        assert run_labels("train", str(tmp_path / "0"))[1] == "seed=3,debug=default"
 
 
 def test_run_labels_of_a_single_run(tmp_path):

@@ -735,7 +735,7 @@ def test_a_few_training_steps_log_em_f1_and_the_export_predicts(
         f"data.train={qa_file}",
         "data.val_fraction=0.25",
         "data.batch_size=4",
-        "trainer=debug",
+        "debug=default",
         "trainer.max_steps=4",
         "trainer.val_check_interval=2",
         "trainer.limit_val_batches=2",

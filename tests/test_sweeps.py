@@ -261,7 +261,7 @@ def write_job(sweep: Path, num: int, status: dict | None) -> None:
 
 
 def test_summary_lists_failed_jobs_by_what_sets_them_apart(tmp_path, capsys):
-    shared = ["trainer=debug", "data=files"]
+    shared = ["debug=default", "data=files"]
     done = {"status": "completed", "error": None, "optimized_metric": "val/f1"}
     write_job(tmp_path, 0, {**done, "value": 0.5, "overrides": [*shared, "objective.lr=0.1"]})
     write_job(tmp_path, 1, {**done, "value": 0.7, "overrides": [*shared, "objective.lr=0.2"]})

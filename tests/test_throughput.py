@@ -285,7 +285,7 @@ def test_lmlab_run_logs_perf_metrics_to_metrics_csv(
     train(compose(overrides, run_dir=str(tmp_path / "run")))
     all_rows = read_rows(tmp_path / "run" / "metrics.csv")
     rows = perf_rows(all_rows)
-    # logged at every step (trainer=debug), under the step numbers of train/loss
+    # logged at every step (debug=default), under the step numbers of train/loss
     assert [r["step"] for r in rows] == [r["step"] for r in all_rows if r["train/loss"]]
     assert len(rows) == 2
     for row in rows:

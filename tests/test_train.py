@@ -318,7 +318,7 @@ def test_cli_end_to_end(tmp_path, tiny_text_file, lmlab_cache_dir):
     command = [
         str(script),
         "experiment=quickstart",
-        "trainer=debug",
+        "debug=default",
         "trainer.max_steps=2",
         "trainer.val_check_interval=2",
         "++model.config.n_embd=32",
@@ -390,7 +390,7 @@ def minilm_run(tmp_path_factory, tiny_text_file):
     overrides = [
         "experiment=pretrain_mlm",
         "model=minilm",
-        "trainer=debug",
+        "debug=default",
         "trainer.max_steps=2",
         "trainer.limit_val_batches=1",
         "callbacks.best_checkpoint=null",  # no 270 MB checkpoints for a 2-step run
@@ -449,7 +449,7 @@ def test_hf_model_without_name_or_path_names_the_key(tmp_path, tiny_text_file):
     overrides = [
         "model=hf",
         "objective=clm",
-        "trainer=debug",
+        "debug=default",
         "model.tokenizer.vocab_size=300",
         "data=files",
         f"data.train={tiny_text_file}",
