@@ -281,12 +281,21 @@ def _abspath(path: str) -> str:
     return os.path.abspath(os.path.expanduser(path))
 
 
+def _optuna_direction(monitor_mode: str) -> str:
+    """objective.monitor_mode (min | max) as Optuna's direction (minimize | maximize)."""
+    directions = {"min": "minimize", "max": "maximize"}
+    if monitor_mode not in directions:
+        raise LmlabError(f"objective.monitor_mode: expected min or max, got '{monitor_mode}'")
+    return directions[monitor_mode]
+
+
 def register_resolvers() -> None:
     resolvers = [
         ("package_model", _package_model),
         ("lmlab_run_dir", _run_dir),
         ("lmlab_uid", _sweep_uid),
         ("lmlab_abspath", _abspath),
+        ("lmlab_direction", _optuna_direction),
     ]
     for name, fn in resolvers:
         if not OmegaConf.has_resolver(name):

@@ -186,18 +186,3 @@ def summarize(sweep: Path) -> int:
         for line in failures:
             print(f"lmlab-train: failed: {line}", file=sys.stderr)
     return 1 if failures else 0
-
-
-# ---------------------------------------------------------------- resolvers
-
-
-def _optuna_direction(monitor_mode: str) -> str:
-    """objective.monitor_mode (min | max) as Optuna's direction (minimize | maximize)."""
-    directions = {"min": "minimize", "max": "maximize"}
-    if monitor_mode not in directions:
-        raise LmlabError(f"objective.monitor_mode: expected min or max, got '{monitor_mode}'")
-    return directions[monitor_mode]
-
-
-if not OmegaConf.has_resolver("lmlab_direction"):
-    OmegaConf.register_new_resolver("lmlab_direction", _optuna_direction)
