@@ -19,8 +19,9 @@ import pytest
 import torch
 import yaml
 
-from lmlab.build import check_processes, compose, own_processes, train
+from lmlab.build import compose, train
 from lmlab.errors import LmlabError
+from lmlab.processes import check_processes, own_processes
 
 LMLAB_TRAIN = Path(sys.executable).parent / "lmlab-train"
 
@@ -138,8 +139,8 @@ def test_child_runs_this_job_alone_in_its_run_dir(tmp_path, monkeypatch):
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    from lmlab.build import hydra_child_command
     from lmlab.config import config_dir
+    from lmlab.processes import hydra_child_command
 
     job_dir = tmp_path / "sweep" / "it's job 1"
     overrides = ["experiment=pretrain_gpt", "objective.lr=0.003"]
