@@ -3,7 +3,9 @@ fixed config and seed, pre-made batches, and the interleaved-rounds timing summa
 
 from __future__ import annotations
 
+import logging
 import statistics
+import warnings
 
 import torch
 from omegaconf import OmegaConf
@@ -29,6 +31,24 @@ class StandInTokenizer:
 
     def convert_ids_to_tokens(self, ids):
         return [SPECIALS[i] if i < len(SPECIALS) else f"t{i}" for i in ids]
+
+
+def add_model_args(parser) -> None:
+    """The model and batch size options shared by the step-time benchmarks."""
+    parser.add_argument("--vocab", type=int, default=8000)
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def quiet(threads: int) -> None:
+    """Warnings and library logs off, so the printed rows stand alone; a fixed thread count."""
+    warnings.filterwarnings("ignore")
+    for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "transformers"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    torch.set_num_threads(threads)
 
 
 def objective_cfg(kind: str, lr: float):

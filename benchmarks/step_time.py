@@ -29,11 +29,9 @@ from __future__ import annotations
 
 import argparse
 import copy
-import logging
 import os
 import tempfile
 import time
-import warnings
 
 import _common as c
 import pytorch_lightning as pl
@@ -280,20 +278,12 @@ def main(argv=None) -> None:
         default=1,
         help="torch threads for both sides (default 1: stable on a shared machine)",
     )
-    p.add_argument("--vocab", type=int, default=8000)
-    p.add_argument("--hidden", type=int, default=128)
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--seq", type=int, default=128)
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--seed", type=int, default=0)
+    c.add_model_args(p)
     args = p.parse_args(argv)
     if args.steps < args.warmup + 3:
         p.error("--steps must exceed --warmup by at least 3")
 
-    warnings.filterwarnings("ignore")
-    for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "transformers"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    torch.set_num_threads(args.threads)
+    c.quiet(args.threads)
     print(
         f"torch {torch.__version__}, lightning {pl.__version__}, {args.threads} threads, "
         f"load average {os.getloadavg()[0]:.2f}"

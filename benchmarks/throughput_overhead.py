@@ -23,13 +23,12 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
-import logging
 import os
 import statistics
 import tempfile
 import time
-import warnings
 
+import _common as c
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
@@ -146,20 +145,12 @@ def main(argv=None) -> None:
     p.add_argument("--log-every", type=int, default=10, help="trainer log_every_n_steps")
     p.add_argument("--peak-flops", type=float, default=None, help="the callback's peak_flops")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    p.add_argument("--vocab", type=int, default=8000)
-    p.add_argument("--hidden", type=int, default=128)
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--seq", type=int, default=128)
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--seed", type=int, default=0)
+    c.add_model_args(p)
     args = p.parse_args(argv)
     if args.steps < args.warmup + 3:
         p.error("--steps must exceed --warmup by at least 3")
 
-    warnings.filterwarnings("ignore")
-    for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "transformers"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    torch.set_num_threads(args.threads)
+    c.quiet(args.threads)
     device = torch.cuda.get_device_name() if args.accelerator == "gpu" else "cpu"
     print(
         f"torch {torch.__version__}, lightning {pl.__version__}, {device}, {args.precision}, "
