@@ -130,8 +130,11 @@ def fit(model, batches, args, with_callback: bool) -> tuple[float, dict]:
         )
         loader = DataLoader(batches, batch_size=None, collate_fn=lambda b: b)
         trainer.fit(CausalLM(copy.deepcopy(model)), train_dataloaders=loader)
-        with open(os.path.join(root, "metrics.csv"), newline="") as f:
-            rows = [r for r in csv.DictReader(f) if r.get("perf/tokens_per_sec")]
+        metrics_file = os.path.join(root, "metrics.csv")  # none when nothing was logged
+        rows = []
+        if os.path.isfile(metrics_file):
+            with open(metrics_file, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if r.get("perf/tokens_per_sec")]
     return (timer.end - timer.start) / (len(batches) - args.warmup), (rows[-1] if rows else {})
 
 
