@@ -1,5 +1,9 @@
 """Tests for lmlab.tokenizers: trained WordPiece / byte-level BPE and the on-disk cache."""
 
+import os
+import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -8,7 +12,7 @@ from omegaconf import OmegaConf
 import lmlab.tokenizers
 from lmlab.config import ModelConfig, TokenizerConfig
 from lmlab.errors import LmlabError
-from lmlab.tokenizers import build, train
+from lmlab.tokenizers import _learn_merges, build, train
 
 BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -119,6 +123,78 @@ def test_train_rejects_a_corpus_too_small():
         train(["a"], "wordpiece", 100)
 
 
+# ---------------------------------------------------------------- determinism
+
+TRAIN_AND_SAVE = """
+import sys
+from lmlab.tokenizers import train
+texts = open(sys.argv[1], encoding="utf-8").read().splitlines()
+for kind, size in (("wordpiece", 300), ("bpe", 400)):
+    train(texts, kind, size, min_frequency=1).backend_tokenizer.save(f"{sys.argv[2]}/{kind}.json")
+"""
+
+
+def tie_rich_corpus() -> str:
+    """A few hundred made-up words of few letters, each 1-3 times: many equal pair counts."""
+    rng = random.Random(0)
+    syllables = ["ka", "to", "Ri", "an", "el", "mu", "so", "pe", "in", "or", "ü", "é,"]
+    words = list(
+        dict.fromkeys("".join(rng.choices(syllables, k=rng.randint(1, 4))) for _ in range(600))
+    )
+    lines = [" ".join(rng.sample(words, 8)) for _ in range(len(words) // 4)]
+    return "\n".join(lines + words) + "\n"
+
+
+def test_training_gives_the_same_tokenizer_json_in_every_process(tmp_path):
+    """Upstream's trainers break count ties in hash-map order (huggingface/tokenizers#1794);
+    three processes with different hash seeds must write identical files."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(tie_rich_corpus(), encoding="utf-8")
+    runs = []
+    for seed in ("1", "2", "3"):
+        out = tmp_path / seed
+        out.mkdir()
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        command = [sys.executable, "-c", TRAIN_AND_SAVE, str(corpus), str(out)]
+        runs.append(subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True))
+    for run in runs:
+        _, errors = run.communicate(timeout=120)  # reads stderr: a full pipe would block
+        assert run.returncode == 0, errors
+    for kind in ("wordpiece", "bpe"):
+        first, *others = [(tmp_path / seed / f"{kind}.json").read_bytes() for seed in "123"]
+        assert all(other == first for other in others), kind
+
+
+def test_a_count_tie_goes_to_the_pair_with_the_older_tokens():
+    # a=1 b=2 c=3 d=4 (code point order after the special). (a, b) merges first (6) into ab=5;
+    # then (ab, c) and (b, d) both count 2: ids (2, 4) < (5, 3), so bd comes before abc.
+    counts = {"ab": 4, "abc": 2, "bd": 2}
+    vocab, merges = _learn_merges(counts, 8, 1, ["[S]"], (), "")
+    assert list(vocab) == ["[S]", "a", "b", "c", "d", "ab", "bd", "abc"]
+    assert list(vocab.values()) == list(range(8))
+    assert merges == [("a", "b"), ("b", "d"), ("ab", "c")]
+    reversed_counts = dict(reversed(list(counts.items())))  # the order words came in is moot
+    assert _learn_merges(reversed_counts, 8, 1, ["[S]"], (), "") == (vocab, merges)
+    assert list(_learn_merges(counts, 7, 1, ["[S]"], (), "")[0]) == list(vocab)[:7]
+    assert _learn_merges(counts, 8, 3, ["[S]"], (), "")[1] == [("a", "b")]  # min_frequency 3
+
+
+def test_wordpiece_ties_use_continuation_tokens_in_code_point_order():
+    # Every character is a token, then '##' + each one seen inside a word, in code point order
+    # (upstream adds the latter in hash order): ##b=5 ##c=6 ##d=7.
+    vocab, merges = _learn_merges({"ab": 4, "abc": 2, "bd": 2}, 11, 1, ["[S]"], (), "##")
+    assert list(vocab) == [
+        *["[S]", "a", "b", "c", "d", "##b", "##c", "##d"],
+        *["ab", "bd", "abc"],  # (b, ##d) = (2, 7) wins the tie with (ab, ##c) = (8, 6)
+    ]
+    assert merges == [("a", "##b"), ("b", "##d"), ("ab", "##c")]
+
+
+def test_train_reads_texts_once(tiny_corpus):
+    once = train(iter(tiny_corpus * 3), "bpe", 300)
+    assert once.get_vocab() == train(tiny_corpus * 3, "bpe", 300).get_vocab()
+
+
 # ---------------------------------------------------------------- build: cache
 
 
@@ -193,6 +269,17 @@ def test_build_survives_another_process_saving_the_same_entry_first(
     tok = build(cfg, tiny_corpus, "fp", tmp_path)
     assert tok.mask_token == "[MASK]"
     assert len(cached_dirs(tmp_path)) == 1
+
+
+def test_build_retrains_when_the_trainer_version_changes(
+    tmp_path, tiny_corpus, count_training, monkeypatch
+):
+    """A tokenizer cached by an older trainer (e.g. upstream's, not deterministic) is not reused."""
+    build(model_cfg("bert", 150), tiny_corpus, "fp", tmp_path)
+    monkeypatch.setattr(lmlab.tokenizers, "TRAINER_VERSION", lmlab.tokenizers.TRAINER_VERSION + 1)
+    build(model_cfg("bert", 150), tiny_corpus, "fp", tmp_path)
+    assert len(count_training) == 2
+    assert len(cached_dirs(tmp_path)) == 2
 
 
 def test_build_retrains_when_a_setting_changes(tmp_path, tiny_corpus, count_training):

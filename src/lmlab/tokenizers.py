@@ -5,12 +5,18 @@ of corpus + settings so that a second run does not train it again."""
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
 from lmlab.errors import LmlabError
 from lmlab.fileutil import write_dir
+
+# In the cache key: a cached tokenizer from another trainer is trained again. 1: upstream's
+# trainers (hash-order ties); 2: lmlab's deterministic merges.
+TRAINER_VERSION = 2
 
 BERT_SPECIALS = {
     "pad_token": "[PAD]",
@@ -39,13 +45,12 @@ def build(model_cfg, texts: Iterable[str], corpus_fingerprint: str, cache_dir: s
             "vocab_size": model_cfg.tokenizer.vocab_size,
             "min_frequency": model_cfg.tokenizer.min_frequency,
             "lowercase": model_cfg.tokenizer.lowercase,
-            "corpus": corpus_fingerprint,
         }
-        key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+        keyed = {**settings, "corpus": corpus_fingerprint, "trainer": TRAINER_VERSION}
+        key = hashlib.sha1(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
         path = Path(cache_dir).expanduser() / "tokenizers" / key
         if not (path / "tokenizer.json").is_file():
-            trained = train(texts, **{k: v for k, v in settings.items() if k != "corpus"})
-            write_dir(path, trained.save_pretrained)
+            write_dir(path, train(texts, **settings).save_pretrained)
         tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:  # GPT-style: pad with end-of-text; padding is masked anyway
         tokenizer.pad_token = tokenizer.eos_token
@@ -59,53 +64,136 @@ def _kind(model_type: str) -> str:
 def train(
     texts: Iterable[str], kind: str, vocab_size: int, min_frequency: int = 2, lowercase: bool = True
 ):
-    """Trains a WordPiece (BERT) or byte-level BPE (GPT-2) tokenizer on `texts`."""
-    from tokenizers import (
-        Tokenizer,
-        decoders,
-        models,
-        normalizers,
-        pre_tokenizers,
-        processors,
-        trainers,
-    )
+    """Trains a WordPiece (BERT) or byte-level BPE (GPT-2) tokenizer on `texts`, reading them
+    once. The same texts and settings give the same tokenizer.json in every process (upstream's
+    trainers break ties in hash-map order, huggingface/tokenizers#1794), so lmlab learns the
+    merges itself (`_learn_merges`) and gives upstream's models the finished vocabulary."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     if kind == "wordpiece":
-        specials = BERT_SPECIALS
-        tok = Tokenizer(models.WordPiece(unk_token=specials["unk_token"]))
-        tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
-        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        tok.decoder = decoders.WordPiece()
-        trainer = trainers.WordPieceTrainer(
-            vocab_size=vocab_size,
-            min_frequency=min_frequency,
-            special_tokens=list(specials.values()),
-            show_progress=False,
-        )
+        specials, prefix, alphabet = BERT_SPECIALS, "##", ()
+        normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+        pre_tokenizer, decoder = pre_tokenizers.BertPreTokenizer(), decoders.WordPiece()
     elif kind == "bpe":
-        specials = GPT_SPECIALS
-        tok = Tokenizer(models.BPE())
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tok.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(
-            vocab_size=vocab_size,
-            min_frequency=min_frequency,
-            special_tokens=[specials["eos_token"]],
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-            show_progress=False,
-        )
+        specials, prefix, alphabet = GPT_SPECIALS, "", pre_tokenizers.ByteLevel.alphabet()
+        normalizer, decoder = None, decoders.ByteLevel()
+        pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     else:
         raise LmlabError(f"tokenizer kind '{kind}': expected wordpiece or bpe")
-    tok.train_from_iterator(texts, trainer=trainer)
-    if tok.get_vocab_size() < 10:
+    special_tokens = list(dict.fromkeys(specials.values()))  # GPT-2's three are one token
+    counts = _count_words(texts, normalizer, pre_tokenizer)
+    vocab, merges = _learn_merges(
+        counts, vocab_size, min_frequency, special_tokens, alphabet, prefix
+    )
+    if len(vocab) < 10:
         raise LmlabError("data.train: the corpus is too small to train a tokenizer on")
     if kind == "wordpiece":
-        cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+        tok = Tokenizer(models.WordPiece(vocab, unk_token=specials["unk_token"]))
+        tok.normalizer = normalizer
         tok.post_processor = processors.TemplateProcessing(
             single="[CLS] $A [SEP]",
             pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-            special_tokens=[("[CLS]", cls), ("[SEP]", sep)],
+            special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
         )
+    else:
+        tok = Tokenizer(models.BPE(vocab, merges))
+    tok.pre_tokenizer, tok.decoder = pre_tokenizer, decoder
+    tok.add_special_tokens(special_tokens)
     names = ["input_ids", "attention_mask"] + (["token_type_ids"] if kind == "wordpiece" else [])
     return PreTrainedTokenizerFast(tokenizer_object=tok, model_input_names=names, **specials)
+
+
+def _count_words(texts: Iterable[str], normalizer, pre_tokenizer) -> Counter:
+    """How often each pre-tokenized word occurs: memory grows with distinct words only."""
+    counts = Counter()
+    for text in texts:
+        if normalizer is not None:
+            text = normalizer.normalize_str(text)
+        counts.update(word for word, _ in pre_tokenizer.pre_tokenize_str(text))
+    return counts
+
+
+def _learn_merges(
+    counts: Counter, vocab_size: int, min_frequency: int, specials, alphabet, prefix: str
+) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """BPE as upstream's BpeTrainer does it (WordPiece's trainer is this with prefix '##'),
+    with canonical ids: specials, characters in code point order, prefixed characters in code
+    point order, then each merge's token. The most frequent pair merges first; a tie goes to
+    the pair with the lower (left id, right id), upstream's rule, here on ids that never
+    depend on hash order. Returns the vocabulary (token -> id) and the merges in order."""
+    chars = sorted({char for word in counts for char in word}.union(alphabet))
+    inner = sorted({char for word in counts for char in word[1:]}) if prefix else []
+    vocab: dict[str, int] = {}
+    for token in [*specials, *chars, *(prefix + char for char in inner)]:
+        vocab.setdefault(token, len(vocab))
+    tokens = list(vocab)  # id -> token
+    words = [[vocab[w[0]]] + [vocab[prefix + c] for c in w[1:]] for w in counts]
+    freqs = list(counts.values())
+    pair_counts: defaultdict[tuple[int, int], int] = defaultdict(int)
+    where: defaultdict[tuple[int, int], set[int]] = defaultdict(set)  # words holding a pair
+    for i, word in enumerate(words):
+        for pair in zip(word, word[1:]):
+            pair_counts[pair] += freqs[i]
+            where[pair].add(i)
+    heap = [(-n, pair) for pair, n in pair_counts.items()]  # stale counts fixed when popped
+    heapq.heapify(heap)
+    merges = []
+    while heap and len(vocab) < vocab_size:
+        negative, pair = heapq.heappop(heap)
+        n = pair_counts[pair]
+        if n != -negative:
+            if n > 0:
+                heapq.heappush(heap, (-n, pair))
+            continue
+        if n < max(min_frequency, 1):
+            break
+        left, right = tokens[pair[0]], tokens[pair[1]]
+        merged = left + right.removeprefix(prefix)
+        if merged not in vocab:
+            vocab[merged] = len(tokens)
+            tokens.append(merged)
+        merges.append((left, right))
+        new = vocab[merged]
+        for grown in _merge_in_words(words, freqs, where.pop(pair), pair, new, pair_counts, where):
+            if pair_counts[grown] > 0:
+                heapq.heappush(heap, (-pair_counts[grown], grown))
+    return vocab, merges
+
+
+def _merge_in_words(words, freqs, positions, pair, new, pair_counts, where) -> set:
+    """Replaces `pair` by `new`, left to right, in words[i] for i in `positions` (some may no
+    longer hold it), updating pair counts and positions. Returns the pairs that gained. The
+    order of the words does not matter: counts add up, and the heap orders pairs totally."""
+    grown = set()
+    a, b = pair
+    for i in positions:
+        word, n = words[i], freqs[i]
+        j = _find(word, a, b, 0)
+        while j >= 0:
+            pair_counts[pair] -= n
+            neighbours = []
+            if j > 0:  # (left, a) becomes (left, new)
+                pair_counts[word[j - 1], a] -= n
+                neighbours.append((word[j - 1], new))
+            if j + 2 < len(word):  # (b, right) becomes (new, right)
+                pair_counts[b, word[j + 2]] -= n
+                neighbours.append((new, word[j + 2]))
+            word[j : j + 2] = [new]
+            for p in neighbours:
+                pair_counts[p] += n
+                where[p].add(i)
+                grown.add(p)
+            j = _find(word, a, b, j + 1)
+    return grown
+
+
+def _find(word: list[int], a: int, b: int, start: int) -> int:
+    """Index of the first (a, b) in `word` at or after `start`, or -1."""
+    try:
+        j = word.index(a, start)
+        while word[j + 1] != b:
+            j = word.index(a, j + 1)
+        return j
+    except (ValueError, IndexError):
+        return -1
