@@ -14,9 +14,14 @@ from omegaconf import OmegaConf
 
 from lmlab.config import SequenceClassificationConfig
 from lmlab.errors import LmlabError
-from lmlab.objectives.classification import SequenceClassification, classification_scores
+from lmlab.objectives.classification import (
+    SequenceClassification,
+    classification_scores,
+    confusion_table,
+)
 
 LABELS = ["neg", "neu", "pos"]
+LABELS_3 = ["negative", "neutral", "positive"]
 
 
 def cls_cfg(**kw):
@@ -71,6 +76,22 @@ def test_scores_by_hand():
         "labels": LABELS,
         "matrix": [[1, 1, 0], [0, 1, 1], [1, 0, 2]],  # rows: true, columns: predicted
     }
+
+
+def test_confusion_table_rows_true_columns_predicted():
+    confusion = {"labels": LABELS_3, "matrix": [[5, 1, 0], [0, 3, 12], [1, 0, 7]]}
+    assert confusion_table(confusion) == (
+        "true \\ predicted  negative  neutral  positive\n"
+        "negative                 5        1         0\n"
+        "neutral                  0        3        12\n"
+        "positive                 1        0         7"
+    )
+    wide = {"labels": ["a", "b"], "matrix": [[1000, 1], [0, 3]]}  # counts wider than names
+    assert confusion_table(wide).splitlines() == [
+        "true \\ predicted     a  b",
+        "a                 1000  1",
+        "b                    0  3",
+    ]
 
 
 def test_macro_f1_skips_classes_absent_from_gold_and_pred():
@@ -302,3 +323,33 @@ def test_export_predicts_through_restore(memorisable_run, tiny_wordpiece):
     out = obj.decode(records, examples)
     assert [o["label"] for o in out] == labels
     assert all(sum(o["scores"].values()) == pytest.approx(1.0) for o in out)
+
+
+def test_own_csv_run_prints_the_confusion_matrix(tmp_path, lmlab_cache_dir, capsys):
+    """The README's own-data command, shrunk: a ;-separated Latin-1 CSV with its own column
+    names and three labels; lmlab-train prints the export, then the confusion matrix."""
+    from lmlab.build import compose
+    from lmlab.cli.train import train_and_report
+
+    rows = ["review;sentiment"]
+    for label, words in zip(LABELS_3, ["déçu froid", "café", "très bon"]):
+        rows += [f"{words} {i};{label}" for i in range(4)]
+    path = tmp_path / "reviews.csv"
+    path.write_bytes("\n".join(rows).encode("latin-1"))
+    overrides = [
+        "experiment=finetune_sentiment",
+        *TINY_BERT,
+        *("data=files", f"data.train={path}", f"data.validation={path}"),
+        *("data.columns.text=review", "data.columns.label=sentiment"),
+        *("data.labels=[negative,neutral,positive]", "data.delimiter=';'", "data.encoding=latin-1"),
+        "trainer.max_steps=2",
+        f"paths.cache_dir={lmlab_cache_dir}",
+    ]
+    train_and_report(compose(overrides, run_dir=str(tmp_path / "run")))
+    out = capsys.readouterr().out.splitlines()
+    export = next(i for i, line in enumerate(out) if line.startswith("export: "))
+    assert out[export + 1] == "val/confusion_matrix:"
+    assert out[export + 2].split() == ["true", "\\", "predicted", *LABELS_3]
+    table = [line.split() for line in out[export + 3 : export + 6]]
+    assert [row[0] for row in table] == LABELS_3
+    assert [sum(map(int, row[1:])) for row in table] == [4, 4, 4]  # every row, once

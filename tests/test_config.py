@@ -6,7 +6,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-from hydra.errors import ConfigCompositionException
+from hydra.errors import ConfigCompositionException, OverrideParseException
 from omegaconf import OmegaConf
 
 from lmlab import config as lmconfig
@@ -112,6 +112,7 @@ def test_hardware_presets_keep_the_experiments_schedule(experiment, hardware, tm
         ("objective.lr=abc", "objective.lr"),
         ("trainer.max_step=3", "max_step"),
         ("data.batch_size=many", "data.batch_size"),
+        ("data.columns.lable=y", "lable"),
     ],
 )
 def test_bad_key_or_type_fails_at_composition(override, key, tmp_path):
@@ -124,6 +125,29 @@ def test_good_overrides_compose(tmp_path):
     cfg = compose(["objective.lr=0.1", "data.batch_size=3"], run_dir=tmp_path)
     assert cfg.objective.lr == 0.1
     assert cfg.data.batch_size == 3
+
+
+def test_own_csv_overrides_compose(tmp_path):
+    """The README's own-CSV command, as Hydra receives it from the shell: data.columns.<x>
+    on data=files (no columns of its own) and a ';' quoted for Hydra ("data.delimiter=';'")."""
+    from lmlab.data.sources import CANONICAL
+
+    overrides = [
+        *("experiment=finetune_sentiment", "data=files", "data.train=reviews.csv"),
+        *("data.columns.text=review", "data.columns.label=sentiment"),
+        *("data.labels=[negative,neutral,positive]", "data.delimiter=';'", "data.encoding=latin-1"),
+    ]
+    data = compose(overrides, run_dir=tmp_path).data
+    assert {k: v for k, v in data.columns.items() if v} == {"text": "review", "label": "sentiment"}
+    assert list(data.columns) == list(CANONICAL)  # the schema lists every canonical column
+    assert (data.delimiter, data.encoding) == (";", "latin-1")
+    assert list(data.labels) == ["negative", "neutral", "positive"]
+    for value in ("|", "@", "'|'", "\\t"):
+        assert compose([f"data.delimiter={value}"], run_dir=tmp_path).data.delimiter == (
+            value.strip("'")
+        )
+    with pytest.raises(OverrideParseException):  # ; is not valid unquoted in an override
+        compose(["data.delimiter=;"], run_dir=tmp_path)
 
 
 @pytest.mark.parametrize(

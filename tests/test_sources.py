@@ -27,6 +27,8 @@ DEFAULTS = dict(
     tag_column=-1,
     skip_bad_rows=False,
     val_group=None,
+    delimiter=None,
+    encoding="utf-8",
 )
 
 
@@ -213,6 +215,8 @@ def test_fingerprint(tmp_path):
     assert load_source(make_cfg(train=train), seed=0)[1] == fp
     assert load_source(cfg, seed=1)[1] != fp
     assert load_source(make_cfg(train=train, val_fraction=0.5), seed=0)[1] != fp
+    assert load_source(make_cfg(train=train, encoding="latin-1"), seed=0)[1] != fp
+    assert load_source(make_cfg(train=train, delimiter=";"), seed=0)[1] != fp
     write(tmp_path / "t.txt", "a\n\nb\n\nchanged\n")
     os.utime(train, ns=(1, 1))  # a distinct mtime even on coarse-clock filesystems
     assert load_source(cfg, seed=0)[1] != fp
@@ -298,6 +302,128 @@ def test_tsv_sst2_style_with_label_names(tmp_path):
     assert texts(data["train"]) == ["it 's \" fine ", "bad ", "good "]
     assert data["train"].features["label"].names == ["negative", "positive"]
     assert list(data["train"]["label"]) == [1, 0, 1]
+
+
+# ---------------------------------------------------------------- delimiters and encodings
+
+REVIEWS = [
+    ("un café très froid", "negative"),
+    ("ni bon ni mauvais; correct", "neutral"),
+    ("très bien, déjà fini", "positive"),
+    ("à revoir", "neutral"),
+]
+
+
+def test_latin1_semicolon_csv_with_three_labels(tmp_path):
+    """A ;-separated Latin-1 CSV with its own column names: é and è are single bytes that
+    are not valid UTF-8, so the default encoding stops at the first such line."""
+    lines = ["review;sentiment", *(f'"{text}";{label}' for text, label in REVIEWS)]
+    path = tmp_path / "reviews.csv"
+    path.write_bytes("\n".join(lines).encode("latin-1") + b"\n")
+    options = dict(
+        train=str(path),
+        validation=str(path),
+        columns={"text": "review", "label": "sentiment"},
+        labels=["negative", "neutral", "positive"],
+        delimiter=";",
+    )
+    with pytest.raises(LmlabError, match=r"reviews\.csv:2: not valid UTF-8 \(invalid"):
+        load_source(make_cfg(**options), seed=0)
+    data, _ = load_source(make_cfg(**options, encoding="latin-1"), seed=0)
+    assert texts(data["train"]) == [text for text, _ in REVIEWS]
+    assert data["train"].features["label"].names == ["negative", "neutral", "positive"]
+    assert list(data["train"]["label"]) == [0, 1, 2, 1]
+
+
+@pytest.mark.parametrize("delimiter, char", [("|", "|"), ("@", "@"), ("\\t", "\t")])
+@pytest.mark.parametrize("ext", ["csv", "tsv"])
+def test_other_delimiters(tmp_path, delimiter, char, ext):
+    rows = [["text", "label", "note"], ["a, b", "pos", "x"], ["c", "neg", ""]]
+    train = write(tmp_path / f"t.{ext}", "".join(char.join(row) + "\n" for row in rows))
+    data, _ = load_source(make_cfg(train=train, validation=train, delimiter=delimiter), seed=0)
+    assert texts(data["train"]) == ["a, b", "c"]
+    assert list(data["train"]["note"]) == ["x", ""]
+    assert data["train"].features["label"].names == ["neg", "pos"]
+
+
+def test_cp1252_quotes_in_every_reader(tmp_path):
+    text = "l\u2019été \u20ac"  # ’ and € exist in cp1252 but not in latin-1
+    files = {
+        "t.txt": text,
+        "t.csv": f"text,label\n{text},x\n",
+        "t.jsonl": json.dumps({"text": text, "label": "x"}, ensure_ascii=False),
+        "t.json": json.dumps([{"text": text, "label": "x"}], ensure_ascii=False),
+        "t.conll": f"{text.split()[0]} O\n",
+    }
+    for name, content in files.items():
+        path = tmp_path / name
+        path.write_bytes(content.encode("cp1252"))
+        cfg = make_cfg(train=str(path), validation=str(path), encoding="cp1252")
+        data, _ = load_source(cfg, seed=0)
+        column = "tokens" if name.endswith(".conll") else "text"
+        got = data["train"][column][0]
+        assert got == ([text.split()[0]] if column == "tokens" else text), name
+
+
+def test_squad_in_latin1(tmp_path):
+    context = "Le café est très chaud."
+    qa = {"id": "q1", "question": "Où ?", "answers": [{"text": "café", "answer_start": 3}]}
+    squad = {"data": [{"title": "Café", "paragraphs": [{"context": context, "qas": [qa]}]}]}
+    path = tmp_path / "s.json"
+    path.write_bytes(json.dumps(squad, ensure_ascii=False).encode("latin-1"))
+    cfg = make_cfg(train=str(path), validation=str(path), format="squad", encoding="latin-1")
+    data, _ = load_source(cfg, seed=0)
+    assert data["train"][0]["context"] == context
+    assert data["train"][0]["answers"]["text"] == ["café"]
+
+
+@pytest.mark.parametrize(
+    "name, content, encoding, error",
+    [
+        ("bad.txt", b"fine\nstill\n\nbad \xff\n", "utf-8", r"bad\.txt:4: not valid UTF-8"),
+        ("bad.txt", b"fine\nstill\n\nbad \xff\n", "UTF8", r"bad\.txt:4: not valid UTF-8"),
+        ("bad.csv", b"text,label\na,x\nb \x81,y\n", "cp1252", r"bad\.csv:3: not valid cp1252"),
+        ("bad.json", b'[\n{"text": "\x81"}]', "cp1252", r"bad\.json:2: not valid cp1252"),
+        ("bad.jsonl", b'{"text": "a"}\n{"text": "\x81"}\n', "cp1252", r"bad\.jsonl:2: not valid"),
+    ],
+)
+def test_undecodable_bytes_name_file_and_line_in_any_encoding(
+    tmp_path, name, content, encoding, error
+):
+    path = tmp_path / name
+    path.write_bytes(content)
+    cfg = make_cfg(train=str(path), validation=str(path), encoding=encoding)
+    with pytest.raises(LmlabError, match=error):
+        load_source(cfg, seed=0)
+
+
+def test_undecodable_line_skipped_in_another_encoding(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_bytes(b"text,label\ncaf\xe9,x\nb \x81,y\nc,x\n")
+    cfg = make_cfg(train=str(path), validation=str(path), encoding="cp1252", skip_bad_rows=True)
+    data, _ = load_source(cfg, seed=0)
+    assert texts(data["train"]) == ["café", "c"]
+    assert data.skipped["train"].counts == {"not valid cp1252": 1}
+    assert data.skipped["train"].first.endswith(
+        "t.csv:3: not valid cp1252 (character maps to <undefined> at byte 20)"
+    )
+
+
+@pytest.mark.parametrize(
+    "setting, value, error",
+    [
+        ("delimiter", ";;", r"data\.delimiter: expected one character .*, got ';;'$"),
+        ("delimiter", "", r"data\.delimiter: expected one character .*, got ''$"),
+        ("delimiter", '"', r"data\.delimiter: expected one character other than a quote"),
+        ("encoding", "latin-9x", r"data\.encoding: unknown encoding 'latin-9x' \(expected"),
+        ("encoding", "base64", r"data\.encoding: unknown encoding 'base64'"),  # not a text codec
+    ],
+)
+def test_bad_delimiter_or_encoding_is_one_line(tmp_path, setting, value, error):
+    train = write(tmp_path / "t.txt", "a\n\nb\n")  # checked even when no csv is read
+    with pytest.raises(LmlabError, match=error) as info:
+        load_source(make_cfg(train=train, **{setting: value}), seed=0)
+    assert "\n" not in str(info.value)
 
 
 # ---------------------------------------------------------------- labels

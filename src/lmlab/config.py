@@ -149,6 +149,24 @@ class TextGenerationConfig(ObjectiveConfig):
 
 
 @dataclass
+class ColumnsConfig:
+    """data.columns.<canonical>=<your column>; None: the column of that name, if any."""
+
+    text: str | None = None
+    text_pair: str | None = None
+    label: str | None = None
+    tokens: str | None = None
+    tags: str | None = None
+    id: str | None = None
+    title: str | None = None
+    question: str | None = None
+    context: str | None = None
+    answers: str | None = None
+    prompt: str | None = None
+    completion: str | None = None
+
+
+@dataclass
 class DataConfig:
     name: str = MISSING
     source: str = "files"  # files | hub | pydoc
@@ -159,7 +177,9 @@ class DataConfig:
     documents: str = "blank_line"  # text files: blank_line | line | file
     hub_name: str | None = None
     hub_subset: str | None = None
-    columns: dict[str, str] = field(default_factory=dict)  # canonical -> source column
+    columns: ColumnsConfig = field(default_factory=ColumnsConfig)  # canonical <- your column
+    delimiter: str | None = None  # csv/tsv: one character (\t: tab); None: "," for csv, tab for tsv
+    encoding: str = "utf-8"  # of every file read (a Python codec: latin-1, cp1252, ...)
     labels: list[str] | None = None  # the label (or tag) set; None: those found in train
     token_column: int = 0  # conll: the word column
     tag_column: int = -1  # conll: the tag column (-1: the last)

@@ -42,6 +42,11 @@ def train_and_report(cfg: DictConfig) -> float | None:
     metrics = train(cfg)
     if "export" in metrics:
         print(f"export: {metrics['export']}")
+    for key, value in metrics.items():  # val/confusion_matrix, test/confusion_matrix
+        if key.endswith("confusion_matrix"):
+            from lmlab.objectives.classification import confusion_table
+
+            print(f"{key}:\n{confusion_table(value)}")
     if "sample" in metrics:
         print(f"sample: {metrics['sample']}")
     return sweeps.optimized_value(metrics, cfg.optimized_metric)

@@ -13,13 +13,15 @@ Sources (``data.source``):
 
 - ``files``: local files. Each of ``data.train/validation/test`` is a file, a directory
   (every non-hidden file in it, sorted) or a glob. ``data.format`` picks the reader
-  (``auto`` goes by extension: .csv .tsv .json .jsonl .conll; anything else is text):
+  (``auto`` goes by extension: .csv .tsv .json .jsonl .conll; anything else is text).
+  Every reader decodes its files with ``data.encoding`` (default utf-8; a BOM is dropped):
 
   - ``text``: one column ``text`` split into documents per ``data.documents``;
-  - ``csv`` / ``tsv``: a header line, then one row per record (tsv: no quoting, since
-    SST-2 has bare ``"`` in its sentences). Values stay strings ("NA" and "" included),
-    except that a column of integers (or of decimal numbers) becomes numbers, unless it
-    maps onto a string column such as ``text``;
+  - ``csv`` / ``tsv``: a header line, then one row per record, fields separated by
+    ``data.delimiter`` (one character, ``\\t`` for a tab; default ``,`` for csv, a tab for
+    tsv); tsv: no quoting, since SST-2 has bare ``"`` in its sentences. Values stay strings
+    ("NA" and "" included), except that a column of integers (or of decimal numbers)
+    becomes numbers, unless it maps onto a string column such as ``text``;
   - ``json``: a JSON array of records, or JSON lines; a SQuAD file is recognised;
   - ``jsonl``: one JSON object per line;
   - ``conll``: whitespace-separated columns, the word in ``data.token_column``, the tag in
@@ -62,6 +64,7 @@ of rows sharing a value of that column are moved, about val_fraction of the rows
 from __future__ import annotations
 
 import bisect
+import codecs
 import csv
 import glob
 import hashlib
@@ -113,6 +116,8 @@ _NEW_SETTINGS = {
     "tag_column": -1,
     "skip_bad_rows": False,
     "val_group": None,
+    "delimiter": None,
+    "encoding": "utf-8",
 }
 
 
@@ -188,7 +193,7 @@ def load_source(cfg, seed: int):
     loaded, identity = loader(cfg, skip)
     splits, skipped, label_sets = {}, {}, {}
     for name, (ds, where, bad) in loaded.items():  # train first: it fixes the label sets
-        ds = _rename_columns(ds, cfg.columns, name)
+        ds = _rename_columns(ds, _columns(cfg), name)
         splits[name] = _check_rows(ds, where, bad, name, cfg, label_sets)
         if bad.rows.total:
             skipped[name] = bad.rows
@@ -210,6 +215,11 @@ def _setting(cfg, key):
     return getattr(cfg, key, _NEW_SETTINGS[key])
 
 
+def _columns(cfg) -> dict[str, str]:
+    """data.columns as {canonical: source column}, without the canonical names left unset."""
+    return {k: v for k, v in dict(cfg.columns or {}).items() if v is not None}
+
+
 def _check_choice(key, value, allowed):
     if value not in allowed:
         raise LmlabError(f"{key}: unknown value {value!r} (allowed: {', '.join(allowed)})")
@@ -221,6 +231,8 @@ def _check_choice(key, value, allowed):
 def _load_files(cfg, skip):
     if cfg.train is None:
         raise LmlabError("data.train: required when data.source is 'files'")
+    _check_encoding(_setting(cfg, "encoding"))
+    _delimiter(cfg, tsv=False)  # a bad one fails before any file is read
     splits, identity = {}, {}
     for name in SPLITS:
         spec = getattr(cfg, name)
@@ -234,6 +246,32 @@ def _load_files(cfg, skip):
         # Size + mtime_ns is cheap and changes whenever the content does in practice.
         identity[name] = [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in paths]
     return splits, identity
+
+
+def _check_encoding(encoding):
+    try:
+        b"\n".decode(encoding)  # b"" is decoded without looking the codec up
+    except UnicodeDecodeError:  # a known codec (utf-16: half a character)
+        pass
+    except (LookupError, TypeError):
+        raise LmlabError(
+            f"data.encoding: unknown encoding {encoding!r} "
+            "(expected a Python text codec such as utf-8, latin-1, cp1252)"
+        ) from None
+
+
+def _delimiter(cfg, tsv):
+    """data.delimiter as one character (the two characters \\t: a tab); None: the default."""
+    value = _setting(cfg, "delimiter")
+    if value is None:
+        return "\t" if tsv else ","
+    value = {"\\t": "\t"}.get(value, value)
+    if not isinstance(value, str) or len(value) != 1 or value in '\r\n"':
+        raise LmlabError(
+            "data.delimiter: expected one character other than a quote or a newline "
+            f"(e.g. ';', '|', '@', \\t for a tab), got {value!r}"
+        )
+    return value
 
 
 def _resolve(key, spec):
@@ -266,11 +304,12 @@ def _read_split(key, spec, paths, cfg, bad):
     from datasets import Dataset
 
     fmt = _file_format(key, paths, cfg.format)
+    enc = _setting(cfg, "encoding")
     where = _Where()
     if fmt == "text":
         docs = []
         for p in paths:
-            text = "\n".join(line for line in _decode(p, bad) if line is not None)
+            text = "\n".join(line for line in _decode(p, bad, enc) if line is not None)
             docs += _split_documents(text, cfg.documents)
         if not docs:
             raise LmlabError(f"{key}: no non-empty documents in {spec!r}")
@@ -289,41 +328,42 @@ def _read_split(key, spec, paths, cfg, bad):
 
 def _read_file(path, fmt, cfg, bad):
     """One file -> (columns, number of rows, describe(row) -> where)."""
+    enc = _setting(cfg, "encoding")
     if fmt in ("csv", "tsv"):
-        keep_str = {dict(cfg.columns or {}).get(c, c) for c in _STRING_COLUMNS}
-        return _read_csv(path, fmt == "tsv", keep_str, bad)
+        keep_str = {_columns(cfg).get(c, c) for c in _STRING_COLUMNS}
+        return _read_csv(path, fmt == "tsv", _delimiter(cfg, fmt == "tsv"), keep_str, bad, enc)
     if fmt == "conll":
-        return _read_conll(path, _setting(cfg, "token_column"), _setting(cfg, "tag_column"), bad)
+        columns = _setting(cfg, "token_column"), _setting(cfg, "tag_column")
+        return _read_conll(path, *columns, bad, enc)
     if fmt == "squad":
-        return _read_squad(path, _load_json_document(path), bad)
+        return _read_squad(path, _load_json_document(path, enc), bad)
     if fmt == "json":
-        document = _json_document(path)
+        document = _json_document(path, enc)
         if isinstance(document, dict) and isinstance(document.get("data"), list):
             return _read_squad(path, document, bad)
         if isinstance(document, list):
             return _read_records(path, document, bad)
-    return _read_jsonl(path, bad)
+    return _read_jsonl(path, bad, enc)
 
 
-def _decode(path, bad) -> list[str | None]:
-    """The lines of a UTF-8 file (without their newline); an undecodable line is a bad row,
-    and None in the list when skipped."""
+def _decode(path, bad, encoding) -> list[str | None]:
+    """The lines of a file in ``encoding`` (without their newline; a leading BOM dropped); an
+    undecodable line is a bad row, and None in the list when skipped. Lines are found at
+    b"\\n", as in any ASCII-compatible encoding (not UTF-16/32 when skipping bad rows)."""
     data = path.read_bytes()
     try:
-        return data.decode("utf-8").removeprefix("\ufeff").split("\n")
+        return data.decode(encoding).removeprefix("\ufeff").split("\n")
     except UnicodeDecodeError as e:
         if not bad.skip:
-            raise _utf8_error(path, data, e) from None
+            raise _decode_error(path, data, e, encoding) from None
     lines, offset = [], 0
     for n, raw in enumerate(data.split(b"\n"), 1):
         try:
-            lines.append(raw.decode("utf-8").removeprefix("\ufeff") if n == 1 else raw.decode())
+            line = raw.decode(encoding)
+            lines.append(line.removeprefix("\ufeff") if n == 1 else line)
         except UnicodeDecodeError as e:
-            bad.add(
-                f"{path}:{n}",
-                "not valid UTF-8",
-                f"not valid UTF-8 ({e.reason} at byte {offset + e.start})",
-            )
+            reason = f"not valid {_codec_name(encoding)}"
+            bad.add(f"{path}:{n}", reason, f"{reason} ({e.reason} at byte {offset + e.start})")
             lines.append(None)
         offset += len(raw) + 1
     return lines
@@ -345,10 +385,10 @@ def _split_documents(text, mode):
     return docs
 
 
-def _read_csv(path, tsv, keep_str, bad):
+def _read_csv(path, tsv, delimiter, keep_str, bad, encoding):
     # An undecodable line (when skipped) reads as a blank one, so line_num stays physical.
-    lines = (("" if line is None else line) + "\n" for line in _decode(path, bad))
-    options = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if tsv else {}
+    lines = (("" if line is None else line) + "\n" for line in _decode(path, bad, encoding))
+    options = {"delimiter": delimiter} | ({"quoting": csv.QUOTE_NONE} if tsv else {})
     reader = csv.reader(lines, **options)
     header = next(reader, None)
     if not header:
@@ -389,9 +429,9 @@ def _infer(values, keep_str):
     return values
 
 
-def _read_jsonl(path, bad):
+def _read_jsonl(path, bad, encoding):
     records, at = [], []
-    for n, line in enumerate(_decode(path, bad), 1):
+    for n, line in enumerate(_decode(path, bad, encoding), 1):
         if line is None or not line.strip():
             continue
         try:
@@ -407,38 +447,45 @@ def _read_jsonl(path, bad):
     return _record_columns(records), len(records), lambda i: f"{path}:{at[i]}"
 
 
-def _json_document(path):
+def _json_document(path, encoding):
     """A whole-file JSON array or object; None when the file is JSON lines."""
     data = path.read_bytes().removeprefix(b"\xef\xbb\xbf").lstrip()
     if data.startswith(b"["):
-        return _load_json_document(path)
+        return _load_json_document(path, encoding)
     if data.startswith(b"{"):
         try:
-            return json.loads(data.decode("utf-8"))
+            return json.loads(data.decode(encoding))
         except (UnicodeDecodeError, json.JSONDecodeError):
             return None  # several objects (JSON lines); bad bytes are reported per line
     return None
 
 
-def _load_json_document(path):
-    text = _read_text(path)
+def _load_json_document(path, encoding):
+    text = _read_text(path, encoding)
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise LmlabError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
 
 
-def _read_text(path):
+def _read_text(path, encoding):
     data = path.read_bytes()
     try:
-        return data.decode("utf-8").removeprefix("\ufeff")
+        return data.decode(encoding).removeprefix("\ufeff")
     except UnicodeDecodeError as e:
-        raise _utf8_error(path, data, e) from None
+        raise _decode_error(path, data, e, encoding) from None
 
 
-def _utf8_error(path, data, e):
+def _codec_name(encoding):
+    """How the decoding errors name the encoding: "UTF-8" as before, else its codec name."""
+    name = codecs.lookup(encoding).name
+    return "UTF-8" if name == "utf-8" else name
+
+
+def _decode_error(path, data, e, encoding):
     line = data.count(b"\n", 0, e.start) + 1
-    return LmlabError(f"{path}:{line}: not valid UTF-8 ({e.reason} at byte {e.start})")
+    reason = f"not valid {_codec_name(encoding)}"
+    return LmlabError(f"{path}:{line}: {reason} ({e.reason} at byte {e.start})")
 
 
 def _read_records(path, document, bad):
@@ -457,10 +504,11 @@ def _record_columns(records):
     return {name: [r.get(name) for r in records] for name in names}
 
 
-def _read_conll(path, token_column, tag_column, bad):
+def _read_conll(path, token_column, tag_column, bad, encoding):
     tokens, tags, at = [], [], []
     sentence, labels, start, broken = [], [], 0, False
-    for n, line in enumerate([*_decode(path, bad), ""], 1):  # "" flushes the last sentence
+    lines = [*_decode(path, bad, encoding), ""]  # "" flushes the last sentence
+    for n, line in enumerate(lines, 1):
         if line is None:  # undecodable: already counted, drop its sentence
             broken = True
             continue
@@ -613,7 +661,7 @@ def _load_hub(cfg, skip):
                 f"(available: {', '.join(loaded)})"
             )
         ds = loaded[split]
-        if not named and _unlabelled(ds, dict(cfg.columns or {}).get("label", "label")):
+        if not named and _unlabelled(ds, _columns(cfg).get("label", "label")):
             print(f"data.{name}: split {split!r} has no labels (all -1); not used", flush=True)
             continue
         where = _Where()
@@ -671,7 +719,7 @@ def _check_rows(ds, where, bad, split, cfg, label_sets):
         ds = ds.flatten_indices()
     _check_types(ds, split)
     present = [c for c in CANONICAL if c in ds.column_names]
-    sources = dict(cfg.columns or {})
+    sources = _columns(cfg)
     problems: dict[int, tuple[str, str]] = {}
     for c in present:
         values = ds.data.column(c)
@@ -877,7 +925,7 @@ def _derive(ds, *steps) -> str:
 
 def _rename_columns(ds, columns, split):
     mapping = {}
-    for canonical, source in dict(columns or {}).items():
+    for canonical, source in columns.items():
         if source not in ds.column_names:
             raise LmlabError(
                 f"data.columns.{canonical}: column {source!r} not in the {split} data "
@@ -975,7 +1023,7 @@ def _fingerprint(cfg, seed, identity):
     settings |= {key: _setting(cfg, key) for key in _NEW_SETTINGS}
     if settings["labels"] is not None:
         settings["labels"] = [str(name) for name in settings["labels"]]
-    settings["columns"] = dict(cfg.columns or {})
+    settings["columns"] = _columns(cfg)
     blob = json.dumps(
         {"settings": settings, "seed": seed, "inputs": identity}, sort_keys=True, default=str
     )

@@ -90,6 +90,19 @@ def classification_scores(gold: list[int], pred: list[int], labels: list[str]) -
     return scores
 
 
+def confusion_table(confusion: dict) -> str:
+    """A confusion matrix ({"labels", "matrix"}) as an aligned table: a row per true label,
+    a column per predicted label."""
+    labels = [str(name) for name in confusion["labels"]]
+    cells = [["true \\ predicted", *labels]]
+    cells += [[name, *map(str, row)] for name, row in zip(labels, confusion["matrix"])]
+    widths = [max(map(len, column)) for column in zip(*cells)]
+    return "\n".join(
+        "  ".join([row[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(row[1:], widths[1:]))])
+        for row in cells
+    )
+
+
 class SequenceClassification(Objective):
     head = "AutoModelForSequenceClassification"
     required_columns = ("text", "label")
