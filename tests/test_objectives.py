@@ -3,6 +3,7 @@ answers are known: masking statistics, pair construction, packing and the losses
 Hugging Face models (hidden size 32)."""
 
 import math
+import re
 import random
 
 import datasets
@@ -853,3 +854,47 @@ def test_clm_step_loss_is_the_shifted_next_token_loss(gpt_tok):
     n0, n1 = (len(f["input_ids"]) for f in features)
     assert metrics["loss"][1] == (n0 - 1) + (n1 - 1)  # predicted tokens, padding excluded
     assert obj.epoch_metrics({"loss": math.log(7)})["perplexity"] == pytest.approx(7.0)
+
+
+class FixedBatches:
+    """The one DataModule method init_new_head reads: the same masked batches every call."""
+
+    def __init__(self, objective, texts, seed=0):
+        torch.manual_seed(seed)
+        features = [{"input_ids": objective.tokenizer(t)["input_ids"]} for t in texts]
+        self.batches = [objective.collate(features[i : i + 4]) for i in range(0, len(texts), 4)]
+
+    def first_batches(self, split, n):
+        return self.batches[:n]
+
+
+def test_mlm_head_missing_from_a_checkpoint_is_fitted_onto_the_tied_embeddings(
+    tiny_wordpiece, tmp_path
+):
+    """An encoder that predicts masked words well, saved without its MLM head (as MiniLM is
+    shipped), reloaded as a masked LM: the fitted head's loss is far below the random head's."""
+    from transformers import BertForMaskedLM
+
+    tok = tiny_wordpiece
+    obj = MaskedLM(mlm_cfg(mlm_probability=0.3), tok, 64)
+    texts = ["the quick brown fox jumps over the lazy dog . birds sing in the old oak tree"] * 16
+    trained = tiny_bert_mlm(tok).train()
+    optimizer = torch.optim.Adam(trained.parameters(), lr=3e-3)
+    for step in range(150):
+        batch = FixedBatches(obj, texts[:8], seed=step).batches[0]
+        loss = obj.step(trained, batch)["loss"][0]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    trained.bert.save_pretrained(tmp_path)  # the encoder alone: no cls.predictions.*
+    model, info = BertForMaskedLM.from_pretrained(tmp_path, output_loading_info=True)
+    new = sorted(info["missing_keys"])
+    assert "cls.predictions.transform.dense.weight" in new
+    note = obj.init_new_head(model.train(), new, FixedBatches(obj, texts))
+    after, before = (float(x) for x in re.findall(r"loss (\d+\.\d+), (\d+\.\d+)", note)[0])
+    assert before > 2.5  # a random head: about ln(vocabulary)
+    assert after < before / 2
+    assert model.training  # given back in training mode
+    assert model.cls.predictions.decoder.weight is model.get_input_embeddings().weight
+    # nothing to do when the checkpoint had the head
+    assert obj.init_new_head(model, ["classifier.weight"], FixedBatches(obj, texts)) is None

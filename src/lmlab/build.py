@@ -80,7 +80,13 @@ def build(cfg: DictConfig) -> Experiment:
     tokenizer = tokenizers.build(cfg.model, corpus, fingerprint, cfg.paths.cache_dir)
     objective = objective_class(cfg.objective, tokenizer, cfg.data.max_length, cfg.seed)
     objective.prepare(raw)
-    model = models.build(cfg.model, objective.head, tokenizer, objective.model_config())
+    model, new_tensors = models.build(cfg.model, objective.head, tokenizer, objective.model_config())
+    datamodule = DataModule(raw, fingerprint, objective, cfg.data, cfg.paths.cache_dir)
+    if new_tensors:
+        print(f"model: not in {cfg.model.name_or_path}, newly initialised: {', '.join(new_tensors)}")
+        note = objective.init_new_head(model, new_tensors, datamodule)
+        if note:
+            print(f"model: {note}", flush=True)
     plain = OmegaConf.to_container(cfg)
     return Experiment(
         config=plain,
@@ -88,7 +94,7 @@ def build(cfg: DictConfig) -> Experiment:
         objective=objective,
         model=model,
         module=TaskModule(model, objective, plain),
-        datamodule=DataModule(raw, fingerprint, objective, cfg.data, cfg.paths.cache_dir),
+        datamodule=datamodule,
     )
 
 

@@ -6,7 +6,8 @@ from lmlab.errors import LmlabError
 
 
 def build(model_cfg, head: str, tokenizer, extra: dict | None = None):
-    """The `head` Auto class (e.g. AutoModelForMaskedLM) for `model_cfg`."""
+    """The `head` Auto class (e.g. AutoModelForMaskedLM) for `model_cfg`, and the names of
+    the tensors a pretrained checkpoint did not provide (None when built from scratch)."""
     import transformers
 
     auto = getattr(transformers, head)
@@ -17,10 +18,14 @@ def build(model_cfg, head: str, tokenizer, extra: dict | None = None):
             if config.pad_token_id is None:  # GPT-2's: batched sequence heads need one
                 config.pad_token_id = tokenizer.pad_token_id
             # a new task head (e.g. other labels) replaces the checkpoint's own
-            model = auto.from_pretrained(
-                model_cfg.name_or_path, config=config, ignore_mismatched_sizes=True
+            model, info = auto.from_pretrained(
+                model_cfg.name_or_path,
+                config=config,
+                ignore_mismatched_sizes=True,
+                output_loading_info=True,
             )
-            return model.train()  # from_pretrained returns eval mode: dropout off
+            new = sorted({*info["missing_keys"], *(k for k, *_ in info["mismatched_keys"])})
+            return model.train(), new  # from_pretrained returns eval mode: dropout off
         except (OSError, ValueError, RuntimeError) as e:
             reason = str(e).strip().splitlines()[0]
             raise LmlabError(
@@ -36,7 +41,7 @@ def build(model_cfg, head: str, tokenizer, extra: dict | None = None):
         config = transformers.AutoConfig.for_model(
             model_cfg.model_type, **{k: v for k, v in specials.items() if v is not None}, **settings
         )
-        return auto.from_config(config)
+        return auto.from_config(config), None
     except ValueError as e:
         raise LmlabError(
             f"model: cannot build a {head} for model_type '{model_cfg.model_type}': {e}"

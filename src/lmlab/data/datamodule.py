@@ -4,6 +4,7 @@ cached on disk by a fingerprint of source + tokenizer + objective settings."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import zlib
 from pathlib import Path
@@ -70,6 +71,11 @@ class DataModule(pl.LightningDataModule):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return self.objective.collate(features)
+
+    def first_batches(self, split: str, n: int) -> list[dict]:
+        """The first `n` batches of a split, collated as for evaluation (fixed masks)."""
+        self.setup()
+        return list(itertools.islice(self._loader(split, shuffle=False), n))
 
     def train_dataloader(self):
         return self._loader("train", shuffle=True)

@@ -68,6 +68,12 @@ class Objective:
         """Extra settings for the Hugging Face config (e.g. the number of labels)."""
         return {}
 
+    def init_new_head(self, model, new_tensors: list[str], datamodule) -> str | None:
+        """Starting from a pretrained checkpoint that lacks `new_tensors` (e.g. the task head):
+        a better start for them than random (may read a few batches of `datamodule`); returns
+        a line for the user saying what was done, or None."""
+        return None
+
     def step(self, model, batch: dict[str, torch.Tensor]) -> Metrics:
         """Loss and metrics of one batch; "loss" is the one optimised."""
         raise NotImplementedError

@@ -10,6 +10,9 @@ from lmlab.errors import LmlabError
 from lmlab.objectives.base import Metrics, Objective, masked_cross_entropy, pack, perplexity
 
 
+ENCODER_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
 def mask_tokens(
     input_ids: torch.Tensor,
     special: torch.Tensor,
@@ -50,6 +53,30 @@ def mlm_head(model):
     return encoder, getattr(
         heads[0], "predictions", heads[0]
     )  # BertForPreTraining: cls.predictions
+
+
+def fit_transform(encoder, head, batches) -> int:
+    """Ridge regression of the input embedding of each masked token on its hidden state,
+    written into the head's dense layer; returns the number of masked tokens fitted on.
+    A constant shift puts the GELU in its linear range; the LayerNorm then removes it."""
+    embeddings = head.decoder.weight
+    hidden, targets = [], []
+    for batch in batches:
+        chosen = batch["labels"] != -100
+        inputs = {k: v for k, v in batch.items() if k in ENCODER_INPUTS}
+        hidden.append(encoder(**inputs).last_hidden_state[chosen])
+        targets.append(embeddings[batch["labels"][chosen]])
+    x = torch.cat(hidden).double()
+    x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)  # the bias
+    gram = x.T @ x
+    ridge = 0.05 * gram.diagonal().mean() * torch.eye(len(gram), dtype=x.dtype)
+    weights = torch.linalg.solve(gram + ridge, x.T @ torch.cat(targets).double())
+    shift = 10 + float((x @ weights).abs().max())
+    dense = head.transform.dense
+    dense.weight.copy_(weights[:-1].T)
+    dense.bias.copy_(weights[-1] + shift)
+    head.transform.LayerNorm.bias.zero_()
+    return len(x)
 
 
 class MaskedLM(Objective):
@@ -99,9 +126,7 @@ class MaskedLM(Objective):
 
     def mlm_loss(self, model, batch) -> tuple[torch.Tensor, torch.Tensor, int, object]:
         """Encoder over all positions; vocabulary logits only where labels are set."""
-        inputs = {
-            k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch
-        }
+        inputs = {k: v for k, v in batch.items() if k in ENCODER_INPUTS}
         chosen = batch["labels"] != -100
         split = mlm_head(model)
         if split:
@@ -112,6 +137,39 @@ class MaskedLM(Objective):
             logits = out.logits[chosen]
         loss, accuracy = masked_cross_entropy(logits, batch["labels"][chosen])
         return loss, accuracy, int(chosen.sum()), out
+
+    def init_new_head(self, model, new_tensors, datamodule):
+        """A pretrained encoder shipped without its MLM head (sentence-transformers models
+        such as MiniLM): BERT's head is a transform (dense, GELU, LayerNorm) and a decoder
+        tied to the input embeddings. With a random transform the tied decoder predicts
+        noise, so the transform is fitted to map masked positions onto the input embedding
+        of their token, from a few training batches."""
+        split = mlm_head(model)
+        transform = getattr(split[1], "transform", None) if split else None
+        tied = split and split[1].decoder.weight is model.get_input_embeddings().weight
+        if transform is None or not tied or not any(".transform." in k for k in new_tensors):
+            return None
+        was_training = model.training
+        model.eval()  # no dropout while fitting and measuring
+        check = datamodule.first_batches("validation", 4)
+        with torch.no_grad():
+            before = self.mean_loss(model, check)
+            rows = fit_transform(split[0], split[1], datamodule.first_batches("train", 8))
+            # the LayerNorm's scale sets how peaked the first predictions are
+            after, scale = min(
+                (self.mean_loss(model, check, scale), scale) for scale in (0.25, 0.5, 1.0, 2.0)
+            )
+            transform.LayerNorm.weight.fill_(scale)
+        model.train(was_training)
+        return (
+            f"masked-LM head fitted onto the tied input embeddings ({rows} masked tokens): "
+            f"first validation loss {after:.2f}, {before:.2f} with the random head"
+        )
+
+    def mean_loss(self, model, batches, scale: float | None = None) -> float:
+        if scale is not None:
+            mlm_head(model)[1].transform.LayerNorm.weight.fill_(scale)
+        return sum(float(self.mlm_loss(model, b)[0]) for b in batches) / len(batches)
 
     def step(self, model, batch) -> Metrics:
         loss, accuracy, n, _ = self.mlm_loss(model, batch)
