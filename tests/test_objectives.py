@@ -3,8 +3,8 @@ answers are known: masking statistics, pair construction, packing and the losses
 Hugging Face models (hidden size 32)."""
 
 import math
-import re
 import random
+import re
 
 import datasets
 import pytest

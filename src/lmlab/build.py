@@ -80,11 +80,11 @@ def build(cfg: DictConfig) -> Experiment:
     tokenizer = tokenizers.build(cfg.model, corpus, fingerprint, cfg.paths.cache_dir)
     objective = objective_class(cfg.objective, tokenizer, cfg.data.max_length, cfg.seed)
     objective.prepare(raw)
-    model, new_tensors = models.build(cfg.model, objective.head, tokenizer, objective.model_config())
+    model, new = models.build(cfg.model, objective.head, tokenizer, objective.model_config())
     datamodule = DataModule(raw, fingerprint, objective, cfg.data, cfg.paths.cache_dir)
-    if new_tensors:
-        print(f"model: not in {cfg.model.name_or_path}, newly initialised: {', '.join(new_tensors)}")
-        note = objective.init_new_head(model, new_tensors, datamodule)
+    if new:
+        print(f"model: newly initialised (not in {cfg.model.name_or_path}): {', '.join(new)}")
+        note = objective.init_new_head(model, new, datamodule)
         if note:
             print(f"model: {note}", flush=True)
     plain = OmegaConf.to_container(cfg)

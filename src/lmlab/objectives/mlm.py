@@ -9,7 +9,6 @@ import torch
 from lmlab.errors import LmlabError
 from lmlab.objectives.base import Metrics, Objective, masked_cross_entropy, pack, perplexity
 
-
 ENCODER_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
