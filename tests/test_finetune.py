@@ -92,3 +92,73 @@ def test_an_unfinished_run_dir_is_named(tmp_path):
     (tmp_path / "config.yaml").write_text("name: x\n")
     with pytest.raises(LmlabError, match="run dir without an export"):
         pretrained_path(str(tmp_path))
+
+
+def grown_bert(factor=3.0):
+    """A tiny BERT classifier whose input embeddings grew, as pre-training grows them."""
+    import torch
+
+    torch.manual_seed(0)
+    model = tiny_bert().eval()
+    with torch.no_grad():
+        embeddings = model.bert.embeddings
+        for name in ("word_embeddings", "position_embeddings", "token_type_embeddings"):
+            getattr(embeddings, name).weight.mul_(factor)
+    return model
+
+
+def test_rescaled_embeddings_have_a_fresh_models_size_and_the_same_outputs():
+    import torch
+
+    from lmlab.models import rescale_embeddings
+
+    model = grown_bert(3.0)
+    batch = {
+        "input_ids": torch.tensor([[2, 7, 9, 3, 0]]),
+        "attention_mask": torch.tensor([[1] * 4 + [0]]),
+    }
+    before = model(**batch).logits
+    words = model.bert.embeddings.word_embeddings.weight
+    expected = 0.02 * 16**0.5 / float(words.norm(dim=1).mean())
+    assert rescale_embeddings(model) == pytest.approx(expected)
+    assert float(words.norm(dim=1).mean()) == pytest.approx(0.02 * 16**0.5)  # initializer_range
+    torch.testing.assert_close(model(**batch).logits, before, atol=1e-5, rtol=1e-4)
+
+
+def test_embeddings_are_not_rescaled_where_that_would_change_the_model():
+    from transformers import BertConfig, BertForMaskedLM
+
+    from lmlab.models import rescale_embeddings
+
+    assert rescale_embeddings(tiny_gpt()) is None  # GPT-2: no LayerNorm right after them
+    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+                        num_attention_heads=2, intermediate_size=32)  # fmt: skip
+    masked_lm = BertForMaskedLM(config)
+    masked_lm.bert.embeddings.word_embeddings.weight.data.mul_(3)
+    assert rescale_embeddings(masked_lm) is None  # the tied decoder would scale the logits
+    assert rescale_embeddings(tiny_bert()) is None  # already a fresh model's size
+
+
+def test_lmlab_exports_are_rescaled_by_default_other_checkpoints_not(tmp_path, capsys):
+    from omegaconf import OmegaConf
+
+    from lmlab.build import start_from_pretrained
+    from lmlab.export import TASK_FILE
+
+    class NoHead:
+        def init_new_head(self, *args):
+            return None
+
+    (tmp_path / TASK_FILE).write_text("{}")
+    for path, setting, rescaled in [
+        (tmp_path, None, True),  # an lmlab export
+        (tmp_path / "elsewhere", None, False),  # e.g. MiniLM
+        (tmp_path, False, False),
+        (tmp_path / "elsewhere", True, True),
+    ]:
+        model = grown_bert(3.0)
+        cfg = OmegaConf.create({"name_or_path": str(path), "rescale_embeddings": setting})
+        start_from_pretrained(cfg, model, ["classifier.weight"], NoHead(), None)
+        norm = float(model.bert.embeddings.word_embeddings.weight.norm(dim=1).mean())
+        assert (norm == pytest.approx(0.08)) == rescaled
+        assert ("input embeddings scaled by" in capsys.readouterr().out) == rescaled

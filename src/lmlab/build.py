@@ -82,11 +82,7 @@ def build(cfg: DictConfig) -> Experiment:
     objective.prepare(raw)
     model, new = models.build(cfg.model, objective.head, tokenizer, objective.model_config())
     datamodule = DataModule(raw, fingerprint, objective, cfg.data, cfg.paths.cache_dir)
-    if new:
-        print(f"model: newly initialised (not in {cfg.model.name_or_path}): {', '.join(new)}")
-        note = objective.init_new_head(model, new, datamodule)
-        if note:
-            print(f"model: {note}", flush=True)
+    start_from_pretrained(cfg.model, model, new, objective, datamodule)
     plain = OmegaConf.to_container(cfg)
     return Experiment(
         config=plain,
@@ -96,6 +92,27 @@ def build(cfg: DictConfig) -> Experiment:
         module=TaskModule(model, objective, plain),
         datamodule=datamodule,
     )
+
+
+def start_from_pretrained(model_cfg, model, new: list[str] | None, objective, datamodule):
+    """A pretrained starting point: names the tensors it lacked, lets the objective
+    initialise a missing head, and rescales the embeddings of encoders pre-trained by lmlab
+    (model.rescale_embeddings)."""
+    from lmlab import models
+    from lmlab.export import is_lmlab_export
+
+    if new is None:  # built from scratch
+        return
+    if new:
+        print(f"model: newly initialised (not in {model_cfg.name_or_path}): {', '.join(new)}")
+        note = objective.init_new_head(model, new, datamodule)
+        if note:
+            print(f"model: {note}", flush=True)
+    rescale = model_cfg.rescale_embeddings
+    if rescale is None:
+        rescale = is_lmlab_export(model_cfg.name_or_path)
+    if rescale and (factor := models.rescale_embeddings(model)):
+        print(f"model: input embeddings scaled by {factor:.3f}, to a fresh model's size")
 
 
 def instantiate_plain(node: DictConfig):

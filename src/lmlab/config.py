@@ -50,6 +50,10 @@ class ModelConfig:
     # Architecture settings handed to the Hugging Face config class (checked against it).
     config: dict[str, Any] = field(default_factory=dict)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    # Fine-tuning a pretrained encoder: shrink its input embeddings back to the scale of a
+    # fresh initialisation (the LayerNorm after them keeps the model's outputs unchanged) so
+    # that the optimiser moves them as fast as a fresh model's. None: for lmlab exports.
+    rescale_embeddings: bool | None = None
 
 
 @dataclass

@@ -46,3 +46,35 @@ def build(model_cfg, head: str, tokenizer, extra: dict | None = None):
         raise LmlabError(
             f"model: cannot build a {head} for model_type '{model_cfg.model_type}': {e}"
         ) from e
+
+
+def rescale_embeddings(model) -> float | None:
+    """Shrinks the word, position and token-type embeddings of a BERT-style encoder by one
+    factor, to the mean row norm of a fresh initialisation; returns the factor, or None where
+    it would change the model's function or would not shrink them.
+
+    Pre-training with a tied decoder grows the embeddings (2.2x after 1000 steps of
+    pretrain_bert); Adam's steps have a fixed size, so at the same learning rate grown
+    embeddings adapt to a new task that much slower (benchmarks/README.md: "Why BERT
+    pre-training did not transfer"). The LayerNorm over their sum makes one common factor
+    invisible to the rest of the network."""
+    import torch
+
+    embeddings = getattr(model.base_model, "embeddings", None)
+    tables = [
+        getattr(embeddings, name, None)
+        for name in ("word_embeddings", "position_embeddings", "token_type_embeddings")
+    ]
+    output = model.get_output_embeddings()
+    if not hasattr(embeddings, "LayerNorm") or tables[0] is None or output is not None:
+        return None  # no LayerNorm right after them, or tied to an output head
+    words = tables[0].weight
+    fresh = model.config.initializer_range * words.shape[1] ** 0.5
+    factor = fresh / float(words.norm(dim=1).mean())
+    if factor >= 1:
+        return None
+    with torch.no_grad():
+        for table in tables:
+            if table is not None:
+                table.weight.mul_(factor)
+    return factor
