@@ -139,7 +139,9 @@ def test_embeddings_are_not_rescaled_where_that_would_change_the_model():
     assert rescale_embeddings(tiny_bert()) is None  # already a fresh model's size
 
 
-def test_lmlab_exports_are_rescaled_by_default_other_checkpoints_not(tmp_path, capsys):
+def test_exports_of_models_lmlab_trained_from_scratch_are_rescaled_by_default(tmp_path, capsys):
+    import json
+
     from omegaconf import OmegaConf
 
     from lmlab.build import start_from_pretrained
@@ -149,12 +151,16 @@ def test_lmlab_exports_are_rescaled_by_default_other_checkpoints_not(tmp_path, c
         def init_new_head(self, *args):
             return None
 
-    (tmp_path / TASK_FILE).write_text("{}")
+    scratch, continued, other = tmp_path / "scratch", tmp_path / "minilm-continued", tmp_path / "hf"
+    for path, task in [(scratch, {"from_scratch": True}), (continued, {"from_scratch": False})]:
+        path.mkdir()
+        (path / TASK_FILE).write_text(json.dumps(task))
     for path, setting, rescaled in [
-        (tmp_path, None, True),  # an lmlab export
-        (tmp_path / "elsewhere", None, False),  # e.g. MiniLM
-        (tmp_path, False, False),
-        (tmp_path / "elsewhere", True, True),
+        (scratch, None, True),
+        (continued, None, False),  # e.g. MiniLM after lmlab-chain's adaptive pre-training
+        (other, None, False),  # e.g. MiniLM itself
+        (scratch, False, False),
+        (other, True, True),
     ]:
         model = grown_bert(3.0)
         cfg = OmegaConf.create({"name_or_path": str(path), "rescale_embeddings": setting})
@@ -162,3 +168,29 @@ def test_lmlab_exports_are_rescaled_by_default_other_checkpoints_not(tmp_path, c
         norm = float(model.bert.embeddings.word_embeddings.weight.norm(dim=1).mean())
         assert (norm == pytest.approx(0.08)) == rescaled
         assert ("input embeddings scaled by" in capsys.readouterr().out) == rescaled
+
+
+def test_exports_record_whether_their_weights_go_back_to_a_model_trained_from_scratch(tmp_path):
+    import json
+
+    from omegaconf import OmegaConf
+
+    from lmlab.build import task_info
+    from lmlab.export import TASK_FILE
+
+    def from_scratch(start):
+        cfg = OmegaConf.create(
+            {
+                "objective": {},
+                "data": {"max_length": 8},
+                "model": {"name": "m", "name_or_path": start},
+            }
+        )
+        return task_info(cfg)["from_scratch"]
+
+    (tmp_path / TASK_FILE).write_text(json.dumps({"from_scratch": True}))
+    assert from_scratch(None)
+    assert from_scratch(str(tmp_path))  # continued from an lmlab export trained from scratch
+    (tmp_path / TASK_FILE).write_text(json.dumps({"from_scratch": False}))
+    assert not from_scratch(str(tmp_path))
+    assert not from_scratch(str(tmp_path / "minilm"))

@@ -99,7 +99,7 @@ def start_from_pretrained(model_cfg, model, new: list[str] | None, objective, da
     initialise a missing head, and rescales the embeddings of encoders pre-trained by lmlab
     (model.rescale_embeddings)."""
     from lmlab import models
-    from lmlab.export import is_lmlab_export
+    from lmlab.export import pretrained_from_scratch
 
     if new is None:  # built from scratch
         return
@@ -110,7 +110,7 @@ def start_from_pretrained(model_cfg, model, new: list[str] | None, objective, da
             print(f"model: {note}", flush=True)
     rescale = model_cfg.rescale_embeddings
     if rescale is None:
-        rescale = is_lmlab_export(model_cfg.name_or_path)
+        rescale = pretrained_from_scratch(model_cfg.name_or_path)
     if rescale and (factor := models.rescale_embeddings(model)):
         print(f"model: input embeddings scaled by {factor:.3f}, to a fresh model's size")
 
@@ -192,11 +192,16 @@ def load_best(module, trainer) -> None:
 
 def task_info(cfg: DictConfig) -> dict:
     """What lmlab-eval and lmlab-predict need besides the Hugging Face files: the objective
-    and its settings; written to <export>/lmlab.json."""
+    and its settings; written to <export>/lmlab.json. Also whether the weights go back to a
+    model trained from scratch by lmlab (model.rescale_embeddings' default)."""
+    from lmlab.export import pretrained_from_scratch
+
+    start = cfg.model.name_or_path
     return {
         "objective": OmegaConf.to_container(cfg.objective),
         "max_length": cfg.data.max_length,
         "model": cfg.model.name,
+        "from_scratch": not start or pretrained_from_scratch(start),
     }
 
 

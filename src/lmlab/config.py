@@ -52,7 +52,8 @@ class ModelConfig:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     # Fine-tuning a pretrained encoder: shrink its input embeddings back to the scale of a
     # fresh initialisation (the LayerNorm after them keeps the model's outputs unchanged) so
-    # that the optimiser moves them as fast as a fresh model's. None: for lmlab exports.
+    # that the optimiser moves them as fast as a fresh model's. None: for the exports of
+    # models lmlab pre-trained from scratch.
     rescale_embeddings: bool | None = None
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from lmlab.fileutil import write_dir, write_json
@@ -9,8 +10,13 @@ from lmlab.fileutil import write_dir, write_json
 TASK_FILE = "lmlab.json"  # the objective and its settings, for lmlab-eval / lmlab-predict
 
 
-def is_lmlab_export(path: str | Path | None) -> bool:
-    return bool(path) and (Path(path).expanduser() / TASK_FILE).is_file()
+def pretrained_from_scratch(name_or_path: str | Path | None) -> bool:
+    """Whether a starting point is an lmlab export whose weights go back to a model that
+    lmlab trained from scratch (not, say, MiniLM continued by lmlab)."""
+    task = Path(name_or_path or "").expanduser() / TASK_FILE
+    if not name_or_path or not task.is_file():
+        return False
+    return json.loads(task.read_text()).get("from_scratch", True)  # older exports: no key
 
 
 def save_pretrained(model, tokenizer, run_dir: str | Path, task: dict | None = None) -> Path:
