@@ -1,7 +1,7 @@
 """The fine-tuning checks of benchmarks/README.md: each runs lmlab-train as a user would and
 prints one Markdown row (command, wall time, metrics). Run from the repository root:
 
-    python benchmarks/finetune.py sst2 conll squad seed_bert seed_gpt qa_generative
+    python benchmarks/finetune.py sst2 conll squad transfer adaptive seed_gpt qa_generative
 
 Runs go to $LMLAB_OUTPUT_DIR (default /tmp/lmlab-bench/outputs); data from $LMLAB_DATA_DIR.
 """
@@ -76,22 +76,6 @@ def squad():
     single("SQuAD v1.1 held-out articles, MiniLM",
            ["experiment=finetune_qa_extractive", "model=minilm"],
            "val/f1", "val/exact_match")  # fmt: skip
-
-
-def seed_bert():
-    """bert_tiny pre-trained with MLM+NSP on WikiText-2, then SST-2, against the same
-    bert_tiny (same tokenizer) from random weights, same fine-tuning budget."""
-    pre = ["experiment=pretrain_bert"]
-    metrics, wall, export = train(*pre)
-    row("pre-train bert_tiny, MLM+NSP, WikiText-2", pre, wall, pick(metrics, "val/nsp_accuracy"))
-    budget = ["experiment=finetune_sentiment", "model=bert_tiny", "objective.lr=3e-4"]
-    for name, start in [
-        ("SST-2 from the pre-trained bert_tiny", f"model.name_or_path={export}"),
-        ("SST-2 from random weights, same tokenizer", f"model.tokenizer.name_or_path={export}"),
-    ]:
-        overrides = [*budget, start]
-        metrics, wall, _ = train(*overrides)
-        row(name, overrides, wall, pick(metrics, "val/accuracy"))
 
 
 PRETRAININGS = {  # the objective's name in the table -> overrides of experiment=pretrain_bert
