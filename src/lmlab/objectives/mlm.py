@@ -150,24 +150,24 @@ class MaskedLM(Objective):
             return None
         was_training = model.training
         model.eval()  # no dropout while fitting and measuring
-        check = datamodule.first_batches("validation", 4)
+        fit, check = datamodule.first_batches("train", 8), datamodule.first_batches("validation", 4)
         with torch.no_grad():
             before = self.mean_loss(model, check)
-            rows = fit_transform(split[0], split[1], datamodule.first_batches("train", 8))
-            # the LayerNorm's scale sets how peaked the first predictions are
-            after, scale = min(
-                (self.mean_loss(model, check, scale), scale) for scale in (0.25, 0.5, 1.0, 2.0)
-            )
-            transform.LayerNorm.weight.fill_(scale)
+            rows = fit_transform(split[0], split[1], fit)
+
+            def fit_loss(scale: float) -> float:  # the LayerNorm's scale: how peaked
+                transform.LayerNorm.weight.fill_(scale)
+                return self.mean_loss(model, fit)
+
+            transform.LayerNorm.weight.fill_(min((0.25, 0.5, 1.0, 2.0), key=fit_loss))
+            after = self.mean_loss(model, check)
         model.train(was_training)
         return (
             f"masked-LM head fitted onto the tied input embeddings ({rows} masked tokens): "
             f"first validation loss {after:.2f}, {before:.2f} with the random head"
         )
 
-    def mean_loss(self, model, batches, scale: float | None = None) -> float:
-        if scale is not None:
-            mlm_head(model)[1].transform.LayerNorm.weight.fill_(scale)
+    def mean_loss(self, model, batches) -> float:
         return sum(float(self.mlm_loss(model, b)[0]) for b in batches) / len(batches)
 
     def step(self, model, batch) -> Metrics:
