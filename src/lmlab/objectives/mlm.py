@@ -150,16 +150,18 @@ class MaskedLM(Objective):
             return None
         was_training = model.training
         model.eval()  # no dropout while fitting and measuring
-        fit, check = datamodule.first_batches("train", 8), datamodule.first_batches("validation", 4)
+        train = datamodule.first_batches("train", 12)
+        fit, held_out = train[:8], train[8:] or train  # the scale is chosen on unseen batches
+        check = datamodule.first_batches("validation", 4)
         with torch.no_grad():
             before = self.mean_loss(model, check)
             rows = fit_transform(split[0], split[1], fit)
 
-            def fit_loss(scale: float) -> float:  # the LayerNorm's scale: how peaked
+            def held_out_loss(scale: float) -> float:  # the LayerNorm's scale: how peaked
                 transform.LayerNorm.weight.fill_(scale)
-                return self.mean_loss(model, fit)
+                return self.mean_loss(model, held_out)
 
-            transform.LayerNorm.weight.fill_(min((0.25, 0.5, 1.0, 2.0), key=fit_loss))
+            transform.LayerNorm.weight.fill_(min((0.25, 0.5, 1.0, 2.0), key=held_out_loss))
             after = self.mean_loss(model, check)
         model.train(was_training)
         return (
