@@ -3,9 +3,13 @@ fixed config and seed, pre-made batches, and the interleaved-rounds timing summa
 
 from __future__ import annotations
 
+import csv
 import logging
+import os
+import random
 import statistics
 import warnings
+from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
@@ -13,6 +17,18 @@ from omegaconf import OmegaConf
 from lmlab import config as lmconfig
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+DATA = Path(os.environ.get("LMLAB_DATA_DIR", Path(__file__).resolve().parents[2] / "shared/data"))
+
+
+def sst2(split: str, limit: int | None = None, shuffle: bool = False):
+    """(sentences, labels as a tensor) of SST-2's train or dev split from the shared data;
+    `shuffle`: a fixed permutation before the first `limit` are taken."""
+    with open(DATA / "sst2" / f"{split}.tsv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    if shuffle:
+        random.Random(0).shuffle(rows)
+    rows = rows[:limit]
+    return [r["sentence"].strip() for r in rows], torch.tensor([int(r["label"]) for r in rows])
 
 
 class StandInTokenizer:

@@ -11,14 +11,11 @@ one core; the classifier starts from the same random weights in every variant.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
-import random
-from pathlib import Path
 
 import torch
+from _common import sst2
 
-DATA = Path(os.environ.get("LMLAB_DATA_DIR", Path(__file__).resolve().parents[2] / "shared/data"))
 PARTS = {  # variant -> the modules of `bert` taken from the fresh model
     "random weights": None,
     "pre-trained": [],
@@ -33,15 +30,6 @@ PARTS = {  # variant -> the modules of `bert` taken from the fresh model
     "pre-trained, fresh last layer + pooler": ["encoder.layer.-1", "pooler"],
     "pre-trained, embeddings rescaled (lmlab's default)": "rescale",
 }
-
-
-def sst2(split: str, limit: int | None = None):
-    with open(DATA / "sst2" / f"{split}.tsv", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
-    if split == "train":
-        random.Random(0).shuffle(rows)
-    rows = rows[:limit]
-    return [r["sentence"].strip() for r in rows], torch.tensor([int(r["label"]) for r in rows])
 
 
 def module(root, dotted: str):
@@ -112,7 +100,7 @@ def main() -> None:
     transformers.logging.set_verbosity_error()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", 1)))
     tokenizer = AutoTokenizer.from_pretrained(args.export)
-    data = sst2("train", 20000), sst2("dev")
+    data = sst2("train", 20000, shuffle=True), sst2("dev")
     print(f"SST-2 dev accuracy, lr {args.lr}, {args.steps} steps; at each quarter of training")
     print("| variant | final, mean over seeds | curve per seed |")
     print("|---|---|---|")

@@ -17,21 +17,13 @@ weights (same tokenizer: the first encoder's):
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
 from collections import Counter
 from pathlib import Path
 
 import torch
-
-DATA = Path(os.environ.get("LMLAB_DATA_DIR", Path(__file__).resolve().parents[2] / "shared/data"))
-
-
-def sst2(split: str, limit: int | None) -> tuple[list[str], list[int]]:
-    with open(DATA / "sst2" / f"{split}.tsv", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))[:limit]
-    return [r["sentence"].strip() for r in rows], [int(r["label"]) for r in rows]
+from _common import DATA, sst2
 
 
 @torch.no_grad()

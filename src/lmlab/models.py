@@ -68,7 +68,7 @@ def rescale_embeddings(model) -> float | None:
     output = model.get_output_embeddings()
     if not hasattr(embeddings, "LayerNorm") or tables[0] is None or output is not None:
         return None  # no LayerNorm right after them, or tied to an output head
-    words = tables[0].weight
+    words = tables[0].weight.detach()
     fresh = model.config.initializer_range * words.shape[1] ** 0.5
     factor = fresh / float(words.norm(dim=1).mean())
     if factor >= 1:
