@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -24,14 +25,14 @@ os.environ.setdefault("LMLAB_DATA_DIR", str(Path(__file__).resolve().parents[2] 
 _done: dict[tuple, tuple] = {}  # a pre-training shared by two checks runs once
 
 
-def train(*overrides: str) -> tuple[dict, float, str]:
+def train(*overrides: str, env: dict | None = None) -> tuple[dict, float, str]:
     """Runs lmlab-train; returns its metrics.json, the wall time and the export path."""
     if overrides in _done:
         return _done[overrides]
     command = ["lmlab-train", *overrides]
     print("$", " ".join(command), flush=True)
     start = time.perf_counter()
-    proc = subprocess.run(command, capture_output=True, text=True)
+    proc = subprocess.run(command, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         sys.exit(f"failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -96,14 +97,12 @@ def in_parallel(jobs: list[tuple[str, ...]], workers: int = 2) -> list[tuple[dic
     torch's default threads on 2 cores run ~5x slower each)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    os.environ["OMP_NUM_THREADS"] = "1"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # only these runs: other checks keep theirs
     with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(lambda job: train(*job), jobs))
+        return list(pool.map(lambda job: train(*job, env=env), jobs))
 
 
 def mean_sd(values: list[float]) -> str:
-    import statistics
-
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 

@@ -55,10 +55,17 @@ def probe(train_x, train_y, dev_x, dev_y) -> float:
     return float(clf.score(scaler.transform(dev_x.numpy()), dev_y))
 
 
+def mean_cosine(vectors: torch.Tensor) -> float:
+    """The mean cosine similarity over all pairs of distinct rows (nan for fewer than 2)."""
+    n = len(vectors)
+    if n < 2:
+        return float("nan")
+    unit = torch.nn.functional.normalize(vectors, dim=-1)
+    return float((unit @ unit.T).sum() - n) / (n * (n - 1))
+
+
 def pooler_stats(pooled: torch.Tensor) -> str:
-    unit = torch.nn.functional.normalize(pooled, dim=-1)
-    n = len(unit)
-    cosine = float((unit @ unit.T).sum() - n) / (n * (n - 1))
+    cosine = mean_cosine(pooled)
     saturated = (pooled.abs() > 0.99).float().mean()
     return (
         f"mean abs {pooled.abs().mean():.3f}, saturated {saturated:.1%}, "
@@ -82,9 +89,7 @@ def embedding_bands(encoder, corpus: Counter, task: Counter) -> list[str]:
     cells = []
     for low, high in BANDS:
         ids = [i for i in range(len(weights)) if low <= corpus[i] < (high or float("inf"))]
-        unit = torch.nn.functional.normalize(weights[ids], dim=-1)
-        k = len(ids)
-        cosine = float((unit @ unit.T).sum() - k) / (k * (k - 1)) if k > 1 else float("nan")
+        k, cosine = len(ids), mean_cosine(weights[ids])
         share = sum(task[i] for i in ids) / max(sum(task.values()), 1)
         norm = float(weights[ids].norm(dim=-1).mean()) if k else float("nan")
         cells.append(f"{k} / {share:.0%} / {norm:.2f} / {cosine:.2f}")
