@@ -196,6 +196,7 @@ class DataConfig:
     max_length: int = 128
     batch_size: int = 16
     eval_batch_size: int | None = None
+    group_by_length: bool = True  # training batches of similar lengths: less padding
     num_workers: int = 0
 
 

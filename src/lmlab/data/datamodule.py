@@ -9,9 +9,11 @@ import json
 import zlib
 from pathlib import Path
 
+import numpy as np
+import pyarrow.compute as pc
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 from lmlab.fileutil import write_dir
 
@@ -53,12 +55,22 @@ class DataModule(pl.LightningDataModule):
         if not self.splits:
             self.prepare_data()
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, shuffle: bool, by_length: bool = False) -> DataLoader:
+        """Training: shuffled, in batches of similar lengths if data.group_by_length (less
+        padding). Evaluation (`by_length`): longest first, for the same reason; metrics are
+        those of any order (masks drawn per batch, as MLM's, change with the batches)."""
+        data = self.splits[split]
         size = self.cfg.batch_size if shuffle else (self.cfg.eval_batch_size or self.cfg.batch_size)
+        sampler = None
+        if shuffle and self.cfg.group_by_length:
+            sampler = LengthGroupedSampler(lengths(data), size, self.objective.seed)
+        elif by_length:
+            sampler = (-lengths(data)).argsort(kind="stable").tolist()
         return DataLoader(
-            self.splits[split],
+            data,
             batch_size=size,
-            shuffle=shuffle,
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
             collate_fn=self.objective.collate if shuffle else self._fixed_collate,
             num_workers=self.cfg.num_workers,
             persistent_workers=self.cfg.num_workers > 0,
@@ -81,7 +93,42 @@ class DataModule(pl.LightningDataModule):
         return self._loader("train", shuffle=True)
 
     def val_dataloader(self):
-        return self._loader("validation", shuffle=False)
+        return self._loader("validation", shuffle=False, by_length=True)
 
     def test_dataloader(self):
-        return self._loader("test", shuffle=False)
+        return self._loader("test", shuffle=False, by_length=True)
+
+
+def lengths(dataset) -> np.ndarray:
+    """The number of input tokens of every row."""
+    return pc.list_value_length(dataset.with_format("arrow")["input_ids"]).to_numpy()
+
+
+class LengthGroupedSampler(Sampler[int]):
+    """A new random order every epoch in which each run of `batch_size` indices has similar
+    lengths (as Hugging Face's group_by_length): a random permutation is cut into windows of
+    50 batches, each window is sorted by length and cut into batches, and the full batches
+    are shuffled (a short last batch stays last, so that the loader cuts the same batches)."""
+
+    def __init__(self, lengths: np.ndarray, batch_size: int, seed: int, window: int = 50):
+        self.lengths, self.batch_size, self.seed, self.window = lengths, batch_size, seed, window
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:  # called by Lightning before each epoch
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(len(self.lengths))
+        span = self.batch_size * self.window
+        windows = [order[i : i + span] for i in range(0, len(order), span)]
+        ordered = np.concatenate(
+            [w[(-self.lengths[w]).argsort(kind="stable")] for w in windows]
+        )
+        batches = [ordered[i : i + self.batch_size] for i in range(0, len(ordered), self.batch_size)]
+        last = [batches.pop()] if len(batches[-1]) < self.batch_size else []
+        shuffled = [batches[i] for i in rng.permutation(len(batches))] + last
+        return iter(np.concatenate(shuffled).tolist())

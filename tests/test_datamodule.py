@@ -1,0 +1,71 @@
+"""Batching in the DataModule: length-grouped training batches, longest-first evaluation."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import datasets
+import numpy as np
+import torch
+
+from lmlab.data.datamodule import DataModule, LengthGroupedSampler, lengths
+
+
+def batches(sampler, batch_size):
+    order = list(sampler)
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def test_length_grouped_batches_are_a_fresh_permutation_of_similar_lengths():
+    rng = np.random.default_rng(0)
+    sizes = rng.integers(1, 200, size=1010)
+    sampler = LengthGroupedSampler(sizes, batch_size=8, seed=3, window=10)
+    first = batches(sampler, 8)
+    assert sorted(i for b in first for i in b) == list(range(1010))
+    assert len(first[-1]) == 2  # the short batch stays last, so the loader cuts the same ones
+    spread = np.mean([np.ptp(sizes[b]) for b in first[:-1]])
+    random_spread = np.mean([np.ptp(sizes[b]) for b in np.array_split(rng.permutation(1008), 126)])
+    assert spread < random_spread / 5
+
+    assert batches(sampler, 8) == first  # same seed and epoch: same order
+    sampler.set_epoch(1)
+    second = batches(sampler, 8)
+    assert second != first and sorted(map(tuple, second)) != sorted(map(tuple, first))
+    other_seed = LengthGroupedSampler(sizes, batch_size=8, seed=4, window=10)
+    assert batches(other_seed, 8) != first
+
+
+class Collate:
+    seed = 0
+
+    def collate(self, features):
+        return [f["input_ids"] for f in features]
+
+
+def datamodule(rows, **data):
+    cfg = SimpleNamespace(batch_size=2, eval_batch_size=None, num_workers=0, group_by_length=True)
+    vars(cfg).update(data)
+    dm = DataModule({}, "", Collate(), cfg, "/unused")
+    split = datasets.Dataset.from_dict({"input_ids": rows})
+    dm.splits = {"train": split, "validation": split}
+    return dm
+
+
+def test_evaluation_batches_come_longest_first_and_cover_every_row_once():
+    rows = [[1] * n for n in (3, 7, 1, 5, 7)]
+    dm = datamodule(rows)
+    assert lengths(dm.splits["validation"]).tolist() == [3, 7, 1, 5, 7]
+    seen = [len(r) for b in dm.val_dataloader() for r in b]
+    assert seen == [7, 7, 5, 3, 1]
+    # first_batches keeps the split's own order (a head fit reads the data as it comes)
+    assert [len(r) for b in dm.first_batches("validation", 1) for r in b] == [3, 7]
+
+
+def test_training_batches_group_by_length_unless_switched_off():
+    rows = [[1] * n for n in range(1, 41)]
+    torch.manual_seed(0)
+    grouped = [[len(r) for r in b] for b in datamodule(rows).train_dataloader()]
+    assert all(max(b) - min(b) == 1 for b in grouped)
+    plain = [[len(r) for r in b] for b in datamodule(rows, group_by_length=False).train_dataloader()]
+    assert sorted(n for b in plain for n in b) == list(range(1, 41))
+    assert max(max(b) - min(b) for b in plain) > 1
