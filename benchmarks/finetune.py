@@ -84,8 +84,16 @@ PRETRAININGS = {  # the objective's name in the table -> overrides of experiment
     "MLM": ["objective=mlm"],
     "NSP": ["objective=nsp"],
 }
+# The SST-2 budget of the transfer table: the sentiment preset as it was when it was measured
+# (the preset now runs one epoch of all 67k phrases)
+SST2_TRANSFER_BUDGET = [
+    "data.max_train_samples=20000", "trainer.val_check_interval=100", "callbacks=finetune"
+]  # fmt: skip
 TASKS = {  # task -> (the fine-tuning command, the metric reported)
-    "SST-2 dev accuracy": (["experiment=finetune_sentiment", "model=bert_tiny"], "val/accuracy"),
+    "SST-2 dev accuracy": (
+        ["experiment=finetune_sentiment", "model=bert_tiny", *SST2_TRANSFER_BUDGET],
+        "val/accuracy",
+    ),
     "CoNLL-2003 test entity F1": (["experiment=finetune_ner", "model=bert_tiny"], "test/f1"),
 }
 SEEDS = (0, 1, 2)

@@ -194,3 +194,32 @@ def test_exports_record_whether_their_weights_go_back_to_a_model_trained_from_sc
     (tmp_path / TASK_FILE).write_text(json.dumps({"from_scratch": False}))
     assert not from_scratch(str(tmp_path))
     assert not from_scratch(str(tmp_path / "minilm"))
+
+
+@pytest.mark.parametrize(
+    "config_class, names",
+    [
+        ("BertConfig", ["attention_probs_dropout_prob"]),
+        ("GPT2Config", ["attn_pdrop"]),
+        ("DistilBertConfig", ["attention_dropout"]),
+    ],
+)
+def test_attention_dropout_is_set_under_the_architectures_own_name(config_class, names):
+    import transformers
+
+    from lmlab.models import set_attention_dropout
+
+    config = getattr(transformers, config_class)()
+    set_attention_dropout(config, None)  # null: the architecture's default stands
+    assert all(getattr(config, name) > 0 for name in names)
+    set_attention_dropout(config, 0.0)
+    assert [getattr(config, name) for name in names] == [0.0] * len(names)
+
+
+def test_attention_dropout_on_an_architecture_without_one_is_a_one_line_error():
+    from transformers import T5Config
+
+    from lmlab.models import set_attention_dropout
+
+    with pytest.raises(LmlabError, match=r"^model.attention_dropout: the t5 config has none of"):
+        set_attention_dropout(T5Config(), 0.0)

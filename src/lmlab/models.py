@@ -17,6 +17,7 @@ def build(model_cfg, head: str, tokenizer, extra: dict | None = None):
             config = transformers.AutoConfig.from_pretrained(model_cfg.name_or_path, **settings)
             if config.pad_token_id is None:  # GPT-2's: batched sequence heads need one
                 config.pad_token_id = tokenizer.pad_token_id
+            set_attention_dropout(config, model_cfg.attention_dropout)
             # a new task head (e.g. other labels) replaces the checkpoint's own
             model, info = auto.from_pretrained(
                 model_cfg.name_or_path,
@@ -41,11 +42,29 @@ def build(model_cfg, head: str, tokenizer, extra: dict | None = None):
         config = transformers.AutoConfig.for_model(
             model_cfg.model_type, **{k: v for k, v in specials.items() if v is not None}, **settings
         )
+        set_attention_dropout(config, model_cfg.attention_dropout)
         return auto.from_config(config), None
     except ValueError as e:
         raise LmlabError(
             f"model: cannot build a {head} for model_type '{model_cfg.model_type}': {e}"
         ) from e
+
+
+ATTENTION_DROPOUT_NAMES = ("attention_probs_dropout_prob", "attn_pdrop", "attention_dropout")
+
+
+def set_attention_dropout(config, value: float | None) -> None:
+    """model.attention_dropout under the name(s) the architecture's config uses."""
+    if value is None:
+        return
+    names = [name for name in ATTENTION_DROPOUT_NAMES if hasattr(config, name)]
+    if not names:
+        raise LmlabError(
+            f"model.attention_dropout: the {config.model_type} config has none of "
+            f"{', '.join(ATTENTION_DROPOUT_NAMES)}; leave it null"
+        )
+    for name in names:
+        setattr(config, name, value)
 
 
 def rescale_embeddings(model) -> float | None:
