@@ -66,6 +66,8 @@ def test_training_batches_group_by_length_unless_switched_off():
     torch.manual_seed(0)
     grouped = [[len(r) for r in b] for b in datamodule(rows).train_dataloader()]
     assert all(max(b) - min(b) == 1 for b in grouped)
-    plain = [[len(r) for r in b] for b in datamodule(rows, group_by_length=False).train_dataloader()]
+    plain = [
+        [len(r) for r in b] for b in datamodule(rows, group_by_length=False).train_dataloader()
+    ]
     assert sorted(n for b in plain for n in b) == list(range(1, 41))
     assert max(max(b) - min(b) for b in plain) > 1

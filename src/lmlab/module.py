@@ -128,7 +128,9 @@ class TaskModule(pl.LightningModule):
             lr=self.optim["lr"],
             betas=tuple(self.optim["betas"]),
             eps=self.optim["eps"],
-            fused=self.trainer.precision == "32-true",  # one kernel for all tensors: 3.7x faster than foreach on CPU
+            # one kernel for all tensors (3.7x faster on CPU); Lightning refuses to clip the
+            # gradients of a fused optimizer under mixed precision
+            fused=self.trainer.precision == "32-true",
         )
         total = int(self.trainer.estimated_stepping_batches)
         scheduler = get_scheduler(

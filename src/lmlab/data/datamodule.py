@@ -125,10 +125,10 @@ class LengthGroupedSampler(Sampler[int]):
         order = rng.permutation(len(self.lengths))
         span = self.batch_size * self.window
         windows = [order[i : i + span] for i in range(0, len(order), span)]
-        ordered = np.concatenate(
-            [w[(-self.lengths[w]).argsort(kind="stable")] for w in windows]
-        )
-        batches = [ordered[i : i + self.batch_size] for i in range(0, len(ordered), self.batch_size)]
-        last = [batches.pop()] if len(batches[-1]) < self.batch_size else []
+        ordered = np.concatenate([w[(-self.lengths[w]).argsort(kind="stable")] for w in windows])
+        batches = [
+            ordered[i : i + self.batch_size] for i in range(0, len(ordered), self.batch_size)
+        ]
+        last = [batches.pop()] if batches and len(batches[-1]) < self.batch_size else []
         shuffled = [batches[i] for i in rng.permutation(len(batches))] + last
-        return iter(np.concatenate(shuffled).tolist())
+        return iter(np.concatenate(shuffled or [order]).tolist())
