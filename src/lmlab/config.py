@@ -57,7 +57,7 @@ class ModelConfig:
     rescale_embeddings: bool | None = None
     # Dropout on the attention probabilities, under the architecture's own name for it
     # (None: the checkpoint's or the architecture's default). 0 lets torch's fused attention
-    # kernel run: 2.1x faster training steps at 256 tokens on CPU (benchmarks/README.md).
+    # kernel run: 1.9x faster training steps at 256 tokens on CPU (benchmarks/README.md).
     attention_dropout: float | None = None
 
 

@@ -128,7 +128,7 @@ class TaskModule(pl.LightningModule):
             lr=self.optim["lr"],
             betas=tuple(self.optim["betas"]),
             eps=self.optim["eps"],
-            # one kernel for all tensors (3.7x faster on CPU); Lightning refuses to clip the
+            # one kernel for all tensors (3.5x faster on CPU); Lightning refuses to clip the
             # gradients of a fused optimizer under mixed precision
             fused=self.trainer.precision == "32-true",
         )

@@ -121,6 +121,8 @@ class LengthGroupedSampler(Sampler[int]):
         return len(self.lengths)
 
     def __iter__(self):
+        if not len(self.lengths):
+            return iter([])
         rng = np.random.default_rng([self.seed, self.epoch])
         order = rng.permutation(len(self.lengths))
         span = self.batch_size * self.window
@@ -129,6 +131,6 @@ class LengthGroupedSampler(Sampler[int]):
         batches = [
             ordered[i : i + self.batch_size] for i in range(0, len(ordered), self.batch_size)
         ]
-        last = [batches.pop()] if batches and len(batches[-1]) < self.batch_size else []
+        last = [batches.pop()] if len(batches[-1]) < self.batch_size else []
         shuffled = [batches[i] for i in rng.permutation(len(batches))] + last
-        return iter(np.concatenate(shuffled or [order]).tolist())
+        return iter(np.concatenate(shuffled).tolist())
