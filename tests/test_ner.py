@@ -19,7 +19,6 @@ from lmlab.objectives.ner import (
     TokenClassification,
     entities,
     entity_scores,
-    word_predictions,
 )
 
 TAGS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
@@ -43,8 +42,8 @@ def tagged(sentences, names=TAGS):
     return datasets.Dataset.from_dict(data, features=features)
 
 
-def objective(tok, max_length=64):
-    obj = TokenClassification(ner_cfg(), tok, max_length)
+def objective(tok, max_length=64, **cfg):
+    obj = TokenClassification(ner_cfg(**cfg), tok, max_length)
     obj.prepare({"train": tagged([(["a"], ["O"])])})
     return obj
 
@@ -180,7 +179,7 @@ def test_each_word_labelled_on_its_first_sub_word_only(tiny_wordpiece):
         word_index += [word, *[-1] * (n - 1)]
     assert row["labels"] == [*labels, X]
     assert row["word_index"] == [*word_index, -1]
-    assert row["example_id"] == 0
+    assert row["example_id"] == [0 if w >= 0 else -1 for w in row["word_index"]]
 
 
 def test_tags_map_onto_the_training_tag_set_by_name(tiny_wordpiece):
@@ -208,7 +207,6 @@ def test_truncated_words_are_predicted_o(tiny_wordpiece):
 
 
 def test_a_word_without_sub_words_is_predicted_o(tiny_wordpiece):
-    assert word_predictions([9, 7, 8, 6, 5], [-1, 0, -1, 2, -1]) == [7, -1, 6]
     obj = objective(tiny_wordpiece)
     examples = tagged([(["walk", "", "quickly"], ["B-LOC", "O", "B-PER"])])
     row = obj.preprocess(examples, "validation")[0]
@@ -218,6 +216,55 @@ def test_a_word_without_sub_words_is_predicted_o(tiny_wordpiece):
     assert records[0]["pred"] == [B_LOC, -1, B_PER]
     s = obj.score(records, examples, model)
     assert s["accuracy"] == 1.0 and s["f1"] == 1.0
+
+
+DOCUMENTS = [  # (tokens, tags, document)
+    (["walk"], ["B-LOC"], 1),
+    (["quickly", "walk"], ["B-PER", "I-PER"], 1),
+    (["walk"], ["O"], 1),
+    (["quickly"], ["B-LOC"], 2),
+]
+
+
+def in_documents(rows=DOCUMENTS):
+    return tagged([(tokens, tags) for tokens, tags, _ in rows]).add_column(
+        "document", [doc for *_, doc in rows]
+    )
+
+
+def test_document_context_packs_consecutive_sentences_of_one_document(tiny_wordpiece):
+    tok = tiny_wordpiece
+    words = [tokens for tokens, *_ in DOCUMENTS]
+    pieces = [len(tok.tokenize(" ".join(w))) for w in words]
+    obj = objective(tok, max_length=2 + pieces[0] + pieces[1])  # room for two sentences
+    rows = obj.preprocess(in_documents(), "validation")
+    # 0 and 1 share an input; 2 finds no room left; 3 starts a new document
+    assert [sorted(set(row["example_id"]) - {-1}) for row in rows] == [[0, 1], [2], [3]]
+    assert rows[0]["input_ids"] == tok([*words[0], *words[1]], is_split_into_words=True).input_ids
+    plain = objective(tok, max_length=64, document_context=False)
+    alone = plain.preprocess(in_documents(), "x")
+    assert len(alone) == 4
+    assert plain.fingerprint() != objective(tok, max_length=64).fingerprint()  # cached apart
+    tagged_as = [t for t in rows[0]["labels"] if t != X]
+    assert tagged_as == [B_LOC, B_PER, I_PER]
+    assert tagged_as == [t for row in alone.select([0, 1]) for t in row["labels"] if t != X]
+    # Predictions go back to their own sentences: the gold tags predicted score 1.0.
+    batch = obj.collate(list(rows))
+    model = FixedLogits([one_hot_logits(row.clamp(min=0).tolist()) for row in batch["labels"]])
+    _, records = obj.eval_step(model, batch)
+    assert sorted((r["example_id"], r["pred"]) for r in records) == [
+        (0, [B_LOC]),
+        (1, [B_PER, I_PER]),
+        (2, [OUT]),
+        (3, [B_LOC]),
+    ]
+    assert obj.score(records, in_documents(), model)["f1"] == 1.0
+
+
+def test_sentences_without_a_document_column_stay_alone(tiny_wordpiece):
+    obj = objective(tiny_wordpiece)
+    examples = in_documents().remove_columns("document")
+    assert len(obj.preprocess(examples, "train")) == len(DOCUMENTS)
 
 
 def test_collate_pads_labels_with_ignore(tiny_wordpiece):
@@ -230,7 +277,7 @@ def test_collate_pads_labels_with_ignore(tiny_wordpiece):
     assert batch["word_index"][1].tolist() == [-1, 0, -1, -1, -1] + [-1] * (n - 5)
     assert batch["input_ids"][1, 5:].eq(tiny_wordpiece.pad_token_id).all()
     assert batch["attention_mask"][1].tolist() == [1] * 5 + [0] * (n - 5)
-    assert batch["example_id"].tolist() == [0, 1]
+    assert batch["example_id"][1].tolist() == [-1, 1, -1, -1, -1] + [-1] * (n - 5)
 
 
 def test_step_token_accuracy_over_labelled_positions_only(tiny_wordpiece):

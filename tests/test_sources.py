@@ -650,12 +650,13 @@ Bonn NNP B-NP I-LOC
 def test_conll_parsing_docstart_and_iob1(tmp_path):
     train = write(tmp_path / "train.conll", CONLL)
     data, _ = load_source(make_cfg(train=train, validation=train), seed=0)
-    assert data["train"].column_names == ["tokens", "tags"]
+    assert data["train"].column_names == ["tokens", "tags", "document"]
     assert list(data["train"]["tokens"]) == [
         ["EU", "rejects", "German"],
         ["Peter", "Blackburn"],
         ["Bonn"],
     ]
+    assert list(data["train"]["document"]) == [1, 1, 2]  # -DOCSTART- lines above each
     names = data["train"].features["tags"].feature.names
     assert names == ["O", "B-LOC", "B-MISC", "B-ORG", "B-PER", "I-PER"]
     tags = [[names[t] for t in row] for row in data["train"]["tags"]]

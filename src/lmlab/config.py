@@ -129,6 +129,9 @@ class SequenceClassificationConfig(ObjectiveConfig):
 @dataclass
 class TokenClassificationConfig(ObjectiveConfig):
     classifier_dropout: float | None = None
+    # Pack consecutive sentences of one document (data column `document`) into each input,
+    # up to data.max_length tokens, so that every word is tagged in its context.
+    document_context: bool = True
 
 
 @dataclass
@@ -166,6 +169,7 @@ class ColumnsConfig:
     label: str | None = None
     tokens: str | None = None
     tags: str | None = None
+    document: str | None = None
     id: str | None = None
     title: str | None = None
     question: str | None = None

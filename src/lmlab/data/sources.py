@@ -4,7 +4,8 @@ A source never knows the task; it only yields a ``datasets.DatasetDict`` whose m
 columns carry canonical names, plus a fingerprint of its inputs. Canonical columns:
 
 - classification: ``text``, optional ``text_pair``, ``label`` (a ``ClassLabel``);
-- NER: ``tokens`` (list of str), ``tags`` (a list of ``ClassLabel``, IOB2 tags);
+- NER: ``tokens`` (list of str), ``tags`` (a list of ``ClassLabel``, IOB2 tags), optional
+  ``document`` (sentences in a row with the same value are one document, in order);
 - QA: ``id``, ``title``, ``question``, ``context``, ``answers`` = {"text": [...],
   "answer_start": [...]} (empty lists: no answer);
 - text generation and pre-training: ``text``, or ``prompt`` + ``completion``.
@@ -25,8 +26,9 @@ Sources (``data.source``):
   - ``json``: a JSON array of records, or JSON lines; a SQuAD file is recognised;
   - ``jsonl``: one JSON object per line;
   - ``conll``: whitespace-separated columns, the word in ``data.token_column``, the tag in
-    ``data.tag_column`` (-1: the last); ``-DOCSTART-`` lines are skipped and blank lines end
-    sentences; one row (``tokens``, ``tags``) per sentence;
+    ``data.tag_column`` (-1: the last); blank lines end sentences; one row (``tokens``,
+    ``tags``) per sentence, and ``document`` (the number of ``-DOCSTART-`` lines above it)
+    when the file has such lines;
   - ``squad``: SQuAD v1.1 / v2.0 JSON, one row per question (``is_impossible``: no answer;
     ``plausible_answers`` are ignored).
 
@@ -96,7 +98,7 @@ _FORMAT_BY_EXT = {
     ".conll": "conll",
 }
 CANONICAL = (
-    *("text", "text_pair", "label", "tokens", "tags"),
+    *("text", "text_pair", "label", "tokens", "tags", "document"),
     *("id", "title", "question", "context", "answers", "prompt", "completion"),
 )
 _STRING_COLUMNS = (
@@ -505,8 +507,9 @@ def _record_columns(records):
 
 
 def _read_conll(path, token_column, tag_column, bad, encoding):
-    tokens, tags, at = [], [], []
+    tokens, tags, documents, at = [], [], [], []
     sentence, labels, start, broken = [], [], 0, False
+    document = in_document = 0  # the number of -DOCSTART- lines so far
     lines = [*_decode(path, bad, encoding), ""]  # "" flushes the last sentence
     for n, line in enumerate(lines, 1):
         if line is None:  # undecodable: already counted, drop its sentence
@@ -514,16 +517,18 @@ def _read_conll(path, token_column, tag_column, bad, encoding):
             continue
         parts = line.split()
         if parts and parts[0] == "-DOCSTART-":
+            document += 1
             continue
         if not parts:
             if sentence and not broken:
                 tokens.append(sentence)
                 tags.append(labels)
+                documents.append(in_document)
                 at.append(start)
             sentence, labels, broken = [], [], False
             continue
         if not sentence and not broken:
-            start = n
+            start, in_document = n, document
         if broken:
             continue
         columns = _conll_columns(len(parts), token_column, tag_column)
@@ -537,7 +542,10 @@ def _read_conll(path, token_column, tag_column, bad, encoding):
         word, tag = parts[columns[0]], parts[columns[1]]
         sentence.append(word)
         labels.append(tag)
-    return {"tokens": tokens, "tags": tags}, len(tokens), lambda i: f"{path}:{at[i]}"
+    columns = {"tokens": tokens, "tags": tags}
+    if document:  # the file marks its documents: sentences can be read in their context
+        columns["document"] = documents
+    return columns, len(tokens), lambda i: f"{path}:{at[i]}"
 
 
 def _conll_columns(n, token_column, tag_column):
