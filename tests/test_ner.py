@@ -236,15 +236,16 @@ def test_document_context_packs_consecutive_sentences_of_one_document(tiny_wordp
     tok = tiny_wordpiece
     words = [tokens for tokens, *_ in DOCUMENTS]
     pieces = [len(tok.tokenize(" ".join(w))) for w in words]
-    obj = objective(tok, max_length=2 + pieces[0] + pieces[1])  # room for two sentences
+    obj = objective(tok, max_length=2 + pieces[0] + pieces[1], document_context=True)
     rows = obj.preprocess(in_documents(), "validation")
-    # 0 and 1 share an input; 2 finds no room left; 3 starts a new document
+    # room for two sentences: 0 and 1 share an input; 2 finds no room; 3 is a new document
     assert [sorted(set(row["example_id"]) - {-1}) for row in rows] == [[0, 1], [2], [3]]
     assert rows[0]["input_ids"] == tok([*words[0], *words[1]], is_split_into_words=True).input_ids
     plain = objective(tok, max_length=64, document_context=False)
     alone = plain.preprocess(in_documents(), "x")
     assert len(alone) == 4
-    assert plain.fingerprint() != objective(tok, max_length=64).fingerprint()  # cached apart
+    in_context = objective(tok, max_length=64, document_context=True)
+    assert plain.fingerprint() != in_context.fingerprint()  # cached apart
     tagged_as = [t for t in rows[0]["labels"] if t != X]
     assert tagged_as == [B_LOC, B_PER, I_PER]
     assert tagged_as == [t for row in alone.select([0, 1]) for t in row["labels"] if t != X]
@@ -262,7 +263,7 @@ def test_document_context_packs_consecutive_sentences_of_one_document(tiny_wordp
 
 
 def test_sentences_without_a_document_column_stay_alone(tiny_wordpiece):
-    obj = objective(tiny_wordpiece)
+    obj = objective(tiny_wordpiece, document_context=True)
     examples = in_documents().remove_columns("document")
     assert len(obj.preprocess(examples, "train")) == len(DOCUMENTS)
 

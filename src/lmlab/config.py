@@ -130,8 +130,9 @@ class SequenceClassificationConfig(ObjectiveConfig):
 class TokenClassificationConfig(ObjectiveConfig):
     classifier_dropout: float | None = None
     # Pack consecutive sentences of one document (data column `document`) into each input,
-    # up to data.max_length tokens, so that every word is tagged in its context.
-    document_context: bool = True
+    # up to data.max_length tokens, so that every word is tagged in its context; then
+    # data.batch_size counts such inputs (CoNLL-2003: ~5 sentences each at 128 tokens).
+    document_context: bool = False
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Token classification (NER) over IOB2 tags.
 
 Each word's tag goes on its FIRST sub-word; the other sub-words and the specials get -100
-and are neither trained nor scored. With `document_context` (on by default) and a
+and are neither trained nor scored. With `document_context` (off by default) and a
 `document` column, each model input packs consecutive sentences of one document up to
 max_length tokens, so that a word is tagged in its context (as in FLERT, Schweter & Akbik
 2020) at no extra cost: fewer, longer inputs, the same tokens. Predictions are read back per
