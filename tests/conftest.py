@@ -29,17 +29,17 @@ def tiny_corpus():
 @pytest.fixture(scope="session")
 def tiny_wordpiece():
     """WordPiece with [PAD] [UNK] [CLS] [SEP] [MASK]; small enough that long words split."""
-    from lmlab.tokenizers import train
+    from lmlab.tokenizers import train_tokenizer
 
-    return train(TINY_CORPUS * 3, "wordpiece", 160)
+    return train_tokenizer(TINY_CORPUS * 3, "wordpiece", 160)
 
 
 @pytest.fixture(scope="session")
 def tiny_bpe():
     """Byte-level BPE with <|endoftext|>, as `lmlab.tokenizers.train` returns it (no pad)."""
-    from lmlab.tokenizers import train
+    from lmlab.tokenizers import train_tokenizer
 
-    return train(TINY_CORPUS * 3, "bpe", 400)
+    return train_tokenizer(TINY_CORPUS * 3, "bpe", 400)
 
 
 # ---------------------------------------------------------------- end of tiny tokenizers

@@ -16,7 +16,9 @@ from lmlab.build import compose, train
 from lmlab.cli import eval as lmlab_eval
 from lmlab.cli import predict as lmlab_predict
 from lmlab.errors import LmlabError
-from lmlab.predict import Stored, load, locate, read_jsonl
+from lmlab.predict import read_jsonl
+from lmlab.run import load
+from lmlab.stored import Stored, locate
 
 LABELS = ["bad", "good"]
 
@@ -108,12 +110,22 @@ def test_eval_of_a_run_dir_reproduces_its_final_validation(gen_run, capsys):
     assert len(written["val/samples"]) == 2  # one per configured prompt
 
 
-def test_eval_of_a_checkpoint_reproduces_it_too(gen_run, capsys):
+def test_eval_of_a_checkpoint_reproduces_it_too(gen_run, capsys, monkeypatch):
+    import lmlab.data.sources
+
+    loads, real = [], lmlab.data.sources.load_source
+
+    def counting(*args, **kwargs):
+        loads.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lmlab.data.sources, "load_source", counting)
     run_dir, trained = gen_run
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     metrics = eval_main([ckpt], capsys)
     assert metrics["val/loss"] == pytest.approx(trained["val/loss"], abs=1e-4)
     assert (run_dir / "checkpoints" / "last.eval_validation.json").is_file()
+    assert len(loads) == 1  # rebuilding the model and evaluating share the run's own data
 
 
 def test_eval_of_classification_reproduces_loss_and_scores(cls_run, capsys):

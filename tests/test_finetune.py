@@ -144,7 +144,7 @@ def test_exports_of_models_lmlab_trained_from_scratch_are_rescaled_by_default(tm
 
     from omegaconf import OmegaConf
 
-    from lmlab.build import start_from_pretrained
+    from lmlab.experiment import start_from_pretrained
     from lmlab.export import TASK_FILE
 
     class NoHead:
@@ -175,8 +175,8 @@ def test_exports_record_whether_their_weights_go_back_to_a_model_trained_from_sc
 
     from omegaconf import OmegaConf
 
-    from lmlab.build import task_info
     from lmlab.export import TASK_FILE
+    from lmlab.run import task_info
 
     def from_scratch(start):
         cfg = OmegaConf.create(

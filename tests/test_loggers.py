@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from lmlab.build import compose, instantiate_plain, train
+from lmlab.build import compose, train
 from lmlab.errors import LmlabError
+from lmlab.experiment import instantiate_plain
 from lmlab.loggers import (
     flatten_config,
     run_hyperparams,

@@ -761,12 +761,12 @@ def test_mlm_nsp_step_loss_is_mlm_plus_nsp(tiny_wordpiece):
 @pytest.fixture(scope="module")
 def gpt_tok(tmp_path_factory, tiny_corpus):
     """The BPE tokenizer as a run gets it: through lmlab.tokenizers.build (pad = eos)."""
-    from lmlab.tokenizers import build
+    from lmlab.tokenizers import load_or_train
 
     cfg = OmegaConf.structured(
         ModelConfig(name="gpt", model_type="gpt2", tokenizer=TokenizerConfig(vocab_size=400))
     )
-    return build(cfg, tiny_corpus * 3, "clm-tests", tmp_path_factory.mktemp("cache"))
+    return load_or_train(cfg, tiny_corpus * 3, "clm-tests", tmp_path_factory.mktemp("cache"))
 
 
 def tiny_gpt(tok):

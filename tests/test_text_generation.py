@@ -32,11 +32,11 @@ def cfg(prompts=("The",), **decoding):
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory, tiny_corpus):
     """The BPE tokenizer as a run gets it: through lmlab.tokenizers.build (pad = eos)."""
-    from lmlab.tokenizers import build
+    from lmlab.tokenizers import load_or_train
 
     model = ModelConfig(name="gpt", model_type="gpt2", tokenizer=TokenizerConfig(vocab_size=400))
     cache = tmp_path_factory.mktemp("cache")
-    return build(OmegaConf.structured(model), tiny_corpus * 3, "textgen-tests", cache)
+    return load_or_train(OmegaConf.structured(model), tiny_corpus * 3, "textgen-tests", cache)
 
 
 def tiny_gpt(tok, positions=64):

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 import lmlab.tokenizers
 from lmlab.config import ModelConfig, TokenizerConfig
 from lmlab.errors import LmlabError
-from lmlab.tokenizers import _learn_merges, build, train
+from lmlab.tokenizers import _learn_merges, load_or_train, train_tokenizer
 
 BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -79,7 +79,7 @@ def test_wordpiece_lowercases_by_default(tiny_wordpiece):
 
 
 def test_wordpiece_without_lowercase_keeps_case(tiny_corpus):
-    tok = train(tiny_corpus, "wordpiece", 200, min_frequency=1, lowercase=False)
+    tok = train_tokenizer(tiny_corpus, "wordpiece", 200, min_frequency=1, lowercase=False)
     assert ids(tok, "The") != ids(tok, "the")
 
 
@@ -115,22 +115,23 @@ def test_bpe_does_not_lowercase(tiny_bpe):
 
 def test_train_rejects_unknown_kind(tiny_corpus):
     with pytest.raises(LmlabError, match="unigram"):
-        train(tiny_corpus, "unigram", 100)
+        train_tokenizer(tiny_corpus, "unigram", 100)
 
 
 def test_train_rejects_a_corpus_too_small():
     with pytest.raises(LmlabError, match="too small"):
-        train(["a"], "wordpiece", 100)
+        train_tokenizer(["a"], "wordpiece", 100)
 
 
 # ---------------------------------------------------------------- determinism
 
 TRAIN_AND_SAVE = """
 import sys
-from lmlab.tokenizers import train
+from lmlab.tokenizers import train_tokenizer
 texts = open(sys.argv[1], encoding="utf-8").read().splitlines()
 for kind, size in (("wordpiece", 300), ("bpe", 400)):
-    train(texts, kind, size, min_frequency=1).backend_tokenizer.save(f"{sys.argv[2]}/{kind}.json")
+    tok = train_tokenizer(texts, kind, size, min_frequency=1)
+    tok.backend_tokenizer.save(f"{sys.argv[2]}/{kind}.json")
 """
 
 
@@ -191,24 +192,24 @@ def test_wordpiece_ties_use_continuation_tokens_in_code_point_order():
 
 
 def test_train_reads_texts_once(tiny_corpus):
-    once = train(iter(tiny_corpus * 3), "bpe", 300)
-    assert once.get_vocab() == train(tiny_corpus * 3, "bpe", 300).get_vocab()
+    once = train_tokenizer(iter(tiny_corpus * 3), "bpe", 300)
+    assert once.get_vocab() == train_tokenizer(tiny_corpus * 3, "bpe", 300).get_vocab()
 
 
-# ---------------------------------------------------------------- build: cache
+# ---------------------------------------------------------------- load_or_train: cache
 
 
 @pytest.fixture
 def count_training(monkeypatch):
-    """Wraps lmlab.tokenizers.train; the returned list grows by one per training."""
+    """Wraps lmlab.tokenizers.train_tokenizer; the returned list grows by one per training."""
     calls = []
-    real = lmlab.tokenizers.train
+    real = lmlab.tokenizers.train_tokenizer
 
     def counting(*args, **kwargs):
         calls.append(kwargs.get("kind"))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(lmlab.tokenizers, "train", counting)
+    monkeypatch.setattr(lmlab.tokenizers, "train_tokenizer", counting)
     return calls
 
 
@@ -217,25 +218,27 @@ def cached_dirs(cache: Path) -> list[Path]:
 
 
 @pytest.mark.parametrize("model_type,kind", [("bert", "wordpiece"), ("gpt2", "bpe")])
-def test_build_trains_once_per_fingerprint(tmp_path, tiny_corpus, count_training, model_type, kind):
+def test_load_or_train_trains_once_per_fingerprint(
+    tmp_path, tiny_corpus, count_training, model_type, kind
+):
     cfg = model_cfg(model_type, 300 if kind == "bpe" else 150)
-    first = build(cfg, tiny_corpus, "corpus-v1", tmp_path)
+    first = load_or_train(cfg, tiny_corpus, "corpus-v1", tmp_path)
     assert count_training == [kind]
     assert len(cached_dirs(tmp_path)) == 1
 
-    second = build(cfg, tiny_corpus, "corpus-v1", tmp_path)
+    second = load_or_train(cfg, tiny_corpus, "corpus-v1", tmp_path)
     assert count_training == [kind]  # loaded from the cache, not trained again
     assert second.get_vocab() == first.get_vocab()
 
-    build(cfg, tiny_corpus, "corpus-v2", tmp_path)
+    load_or_train(cfg, tiny_corpus, "corpus-v2", tmp_path)
     assert count_training == [kind, kind]  # another corpus: trained again
     assert len(cached_dirs(tmp_path)) == 2
     assert not list((tmp_path / "tokenizers").glob("*.tmp"))  # no half-written entry left
 
 
-def test_build_does_not_read_texts_on_a_cache_hit(tmp_path, tiny_corpus, monkeypatch):
+def test_load_or_train_does_not_read_texts_on_a_cache_hit(tmp_path, tiny_corpus, monkeypatch):
     cfg = model_cfg("bert", 150)
-    build(cfg, tiny_corpus, "fp", tmp_path)
+    load_or_train(cfg, tiny_corpus, "fp", tmp_path)
 
     def no_training(*args, **kwargs):
         raise AssertionError("trained again although the cache holds this tokenizer")
@@ -244,48 +247,48 @@ def test_build_does_not_read_texts_on_a_cache_hit(tmp_path, tiny_corpus, monkeyp
         raise AssertionError("texts read although the cache holds this tokenizer")
         yield  # pragma: no cover
 
-    monkeypatch.setattr(lmlab.tokenizers, "train", no_training)
-    tok = build(cfg, unreadable(), "fp", tmp_path)
+    monkeypatch.setattr(lmlab.tokenizers, "train_tokenizer", no_training)
+    tok = load_or_train(cfg, unreadable(), "fp", tmp_path)
     assert tok.mask_token == "[MASK]"
 
     with pytest.raises(AssertionError, match="trained again"):
-        build(cfg, tiny_corpus, "other-fp", tmp_path)
+        load_or_train(cfg, tiny_corpus, "other-fp", tmp_path)
 
 
-def test_build_survives_another_process_saving_the_same_entry_first(
+def test_load_or_train_survives_another_process_saving_the_same_entry_first(
     tmp_path, tiny_corpus, monkeypatch
 ):
     cfg = model_cfg("bert", 150)
-    real = lmlab.tokenizers.train
+    real = lmlab.tokenizers.train_tokenizer
 
     def slow_training(*args, **kwargs):
         tok = real(*args, **kwargs)
         # while this process trained, another one built and saved the same cache entry
-        monkeypatch.setattr(lmlab.tokenizers, "train", real)
-        build(cfg, tiny_corpus, "fp", tmp_path)
+        monkeypatch.setattr(lmlab.tokenizers, "train_tokenizer", real)
+        load_or_train(cfg, tiny_corpus, "fp", tmp_path)
         return tok
 
-    monkeypatch.setattr(lmlab.tokenizers, "train", slow_training)
-    tok = build(cfg, tiny_corpus, "fp", tmp_path)
+    monkeypatch.setattr(lmlab.tokenizers, "train_tokenizer", slow_training)
+    tok = load_or_train(cfg, tiny_corpus, "fp", tmp_path)
     assert tok.mask_token == "[MASK]"
     assert len(cached_dirs(tmp_path)) == 1
 
 
-def test_build_retrains_when_the_trainer_version_changes(
+def test_load_or_train_retrains_when_the_trainer_version_changes(
     tmp_path, tiny_corpus, count_training, monkeypatch
 ):
     """A tokenizer cached by an older trainer (e.g. upstream's, not deterministic) is not reused."""
-    build(model_cfg("bert", 150), tiny_corpus, "fp", tmp_path)
+    load_or_train(model_cfg("bert", 150), tiny_corpus, "fp", tmp_path)
     monkeypatch.setattr(lmlab.tokenizers, "TRAINER_VERSION", lmlab.tokenizers.TRAINER_VERSION + 1)
-    build(model_cfg("bert", 150), tiny_corpus, "fp", tmp_path)
+    load_or_train(model_cfg("bert", 150), tiny_corpus, "fp", tmp_path)
     assert len(count_training) == 2
     assert len(cached_dirs(tmp_path)) == 2
 
 
-def test_build_retrains_when_a_setting_changes(tmp_path, tiny_corpus, count_training):
-    build(model_cfg("bert", 150), tiny_corpus, "fp", tmp_path)
-    build(model_cfg("bert", 120), tiny_corpus, "fp", tmp_path)
-    build(model_cfg("bert", 150, lowercase=False), tiny_corpus, "fp", tmp_path)
+def test_load_or_train_retrains_when_a_setting_changes(tmp_path, tiny_corpus, count_training):
+    load_or_train(model_cfg("bert", 150), tiny_corpus, "fp", tmp_path)
+    load_or_train(model_cfg("bert", 120), tiny_corpus, "fp", tmp_path)
+    load_or_train(model_cfg("bert", 150, lowercase=False), tiny_corpus, "fp", tmp_path)
     assert len(count_training) == 3
     assert len(cached_dirs(tmp_path)) == 3
 
@@ -293,7 +296,7 @@ def test_build_retrains_when_a_setting_changes(tmp_path, tiny_corpus, count_trai
 def test_saved_wordpiece_loads_with_auto_tokenizer(tmp_path, tiny_corpus):
     from transformers import AutoTokenizer
 
-    built = build(model_cfg("bert", 150), tiny_corpus, "fp", tmp_path)
+    built = load_or_train(model_cfg("bert", 150), tiny_corpus, "fp", tmp_path)
     (path,) = cached_dirs(tmp_path)
     assert (path / "tokenizer.json").is_file()
     loaded = AutoTokenizer.from_pretrained(path)
@@ -310,10 +313,10 @@ def test_saved_wordpiece_loads_with_auto_tokenizer(tmp_path, tiny_corpus):
     assert enc["token_type_ids"] == [0] * (len(a) + 2) + [1] * (len(b) + 1)
 
 
-def test_saved_bpe_loads_with_auto_tokenizer_and_build_sets_pad(tmp_path, tiny_corpus):
+def test_saved_bpe_loads_with_auto_tokenizer_and_load_or_train_sets_pad(tmp_path, tiny_corpus):
     from transformers import AutoTokenizer
 
-    built = build(model_cfg("gpt2", 300), tiny_corpus, "fp", tmp_path)
+    built = load_or_train(model_cfg("gpt2", 300), tiny_corpus, "fp", tmp_path)
     assert built.pad_token == built.eos_token == "<|endoftext|>"  # GPT-style: pad = eos
     (path,) = cached_dirs(tmp_path)
     loaded = AutoTokenizer.from_pretrained(path)

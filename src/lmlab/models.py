@@ -1,11 +1,14 @@
-"""Backbones: a Hugging Face model built from scratch (config overrides) or from_pretrained."""
+"""Backbones: a Hugging Face model built from scratch (config overrides) or from_pretrained.
+
+load_or_create(model_cfg, head, tokenizer): the run's model; set_attention_dropout and
+rescale_embeddings adjust a model's config or starting weights."""
 
 from __future__ import annotations
 
 from lmlab.errors import LmlabError
 
 
-def build(model_cfg, head: str, tokenizer, extra: dict | None = None):
+def load_or_create(model_cfg, head: str, tokenizer, extra: dict | None = None):
     """The `head` Auto class (e.g. AutoModelForMaskedLM) for `model_cfg`, and the names of
     the tensors a pretrained checkpoint did not provide (None when built from scratch)."""
     import transformers

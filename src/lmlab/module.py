@@ -1,4 +1,9 @@
-"""The one LightningModule: a Hugging Face backbone driven by an objective."""
+"""The one LightningModule: a Hugging Face backbone driven by an objective.
+
+TaskModule logs the objective's losses and metrics, gathers its evaluation records and
+optimises with AdamW (layer-wise lr decay, warmup). It reads the run config (a DictConfig)
+by attribute, as the objectives do; freeze and parameter_groups are its fine-tuning knobs.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torchmetrics import MeanMetric
 
@@ -15,15 +21,16 @@ SPLIT_OF_STAGE = {"val": "validation", "test": "test"}
 
 
 class TaskModule(pl.LightningModule):
-    def __init__(self, model: nn.Module, objective, config: dict):
-        """`config` is the resolved run config as plain data; it is what checkpoints store
-        as hyperparameters, so they load with torch.load(weights_only=True)."""
+    def __init__(self, model: nn.Module, objective, config: DictConfig):
+        """`config`: the resolved run config (a plain dict is taken too). Checkpoints store it
+        as plain data in their hyperparameters, so they load with torch.load(weights_only=True)."""
         super().__init__()
+        config = config if isinstance(config, DictConfig) else OmegaConf.create(config)
         self.model = model
         self.objective = objective
-        self.optim = config["objective"]
+        self.optim = config.objective
         # loggers get the config flattened, with the parameter counts (on_fit_start)
-        self.save_hyperparameters({"config": config}, logger=False)
+        self.save_hyperparameters({"config": OmegaConf.to_container(config)}, logger=False)
         self.metrics = nn.ModuleDict(
             {
                 stage: nn.ModuleDict({name: MeanMetric() for name in objective.metric_names})
@@ -32,7 +39,7 @@ class TaskModule(pl.LightningModule):
         )
         self.records: dict[str, list] = {"val": [], "test": []}
         self.details: dict[str, object] = {}  # non-scalar results of the last evaluations
-        freeze(model, self.optim["freeze_embeddings"], self.optim["freeze_layers"])
+        freeze(model, self.optim.freeze_embeddings, self.optim.freeze_layers)
 
     def on_fit_start(self):
         """Every logger gets the resolved config with dotted keys (model.name, objective.lr,
@@ -125,18 +132,18 @@ class TaskModule(pl.LightningModule):
 
         optimizer = torch.optim.AdamW(
             parameter_groups(self.model, self.optim),
-            lr=self.optim["lr"],
-            betas=tuple(self.optim["betas"]),
-            eps=self.optim["eps"],
+            lr=self.optim.lr,
+            betas=tuple(self.optim.betas),
+            eps=self.optim.eps,
             # one kernel for all tensors (3.5x faster on CPU); Lightning refuses to clip the
             # gradients of a fused optimizer under mixed precision
             fused=self.trainer.precision == "32-true",
         )
         total = int(self.trainer.estimated_stepping_batches)
         scheduler = get_scheduler(
-            self.optim["scheduler"],
+            self.optim.scheduler,
             optimizer,
-            num_warmup_steps=int(self.optim["warmup_ratio"] * total),
+            num_warmup_steps=int(self.optim.warmup_ratio * total),
             num_training_steps=total,
         )
         return {
@@ -173,22 +180,24 @@ def freeze(model: nn.Module, embeddings: bool, first_layers: int) -> None:
             param.requires_grad_(False)
 
 
-def parameter_groups(model: nn.Module, optim: dict) -> list[dict]:
+def parameter_groups(model: nn.Module, optim) -> list[dict]:
     """One group per (depth, decay): no weight decay on biases and norms; with
-    layer_lr_decay < 1, lr * decay^(layers + 1 - depth)."""
+    layer_lr_decay < 1, lr * decay^(layers + 1 - depth). `optim`: the objective config
+    (lr, weight_decay, layer_lr_decay; a plain dict is taken too)."""
+    optim = optim if isinstance(optim, DictConfig) else OmegaConf.create(optim)
     layers = num_layers(model)
     groups: dict[tuple[int, bool], dict] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        d = depth(name, layers) if optim["layer_lr_decay"] != 1.0 else layers + 1
+        d = depth(name, layers) if optim.layer_lr_decay != 1.0 else layers + 1
         decays = param.ndim >= 2
         group = groups.setdefault(
             (d, decays),
             {
                 "params": [],
-                "weight_decay": optim["weight_decay"] if decays else 0.0,
-                "lr": optim["lr"] * optim["layer_lr_decay"] ** (layers + 1 - d),
+                "weight_decay": optim.weight_decay if decays else 0.0,
+                "lr": optim.lr * optim.layer_lr_decay ** (layers + 1 - d),
             },
         )
         group["params"].append(param)

@@ -1,7 +1,8 @@
 """More than one process (trainer=ddp, fsdp, deepspeed): Lightning starts the other processes
 of this node by running this command again (LOCAL_RANK=1, ...); each builds the same
-Experiment and joins the process group. Rank zero alone writes the run dir's files
-(config.yaml, metrics.json, export, the CSV)."""
+Experiment (lmlab.experiment) and joins the process group. Rank zero alone writes the run
+dir's files (config.yaml, metrics.json, export, the CSV). Used by lmlab.run: checks before a
+run, the launcher's child command, cleaning up after a training, whole FSDP parameters."""
 
 from __future__ import annotations
 

@@ -1,6 +1,11 @@
 """Tokenizers: the pretrained one of a model, or one trained on the run's training corpus
 (WordPiece for BERT-style models, byte-level BPE for GPT-style), cached by a fingerprint
-of corpus + settings so that a second run does not train it again."""
+of corpus + settings so that a second run does not train it again.
+
+load_or_train(model_cfg, texts, fingerprint, cache_dir): the tokenizer a run uses;
+train_tokenizer(texts, kind, vocab_size): trains one (deterministic merges, `_learn_merges`);
+with_pad_token(tokenizer): the one pad-token fallback (GPT-style tokenizers pad with
+end-of-text), for tokenizers loaded from anywhere."""
 
 from __future__ import annotations
 
@@ -32,8 +37,9 @@ GPT_SPECIALS = {
 }
 
 
-def build(model_cfg, texts: Iterable[str], corpus_fingerprint: str, cache_dir: str | Path):
-    """The tokenizer for `model_cfg`. `texts` is read only when one has to be trained."""
+def load_or_train(model_cfg, texts: Iterable[str], corpus_fingerprint: str, cache_dir: str | Path):
+    """The tokenizer for `model_cfg`: the pretrained one, or one trained on `texts` (cached).
+    `texts` is read only when one has to be trained."""
     from transformers import AutoTokenizer
 
     source = model_cfg.tokenizer.name_or_path or model_cfg.name_or_path
@@ -50,9 +56,15 @@ def build(model_cfg, texts: Iterable[str], corpus_fingerprint: str, cache_dir: s
         key = hashlib.sha1(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
         path = Path(cache_dir).expanduser() / "tokenizers" / key
         if not (path / "tokenizer.json").is_file():
-            write_dir(path, train(texts, **settings).save_pretrained)
+            write_dir(path, train_tokenizer(texts, **settings).save_pretrained)
         tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token is None:  # GPT-style: pad with end-of-text; padding is masked anyway
+    return with_pad_token(tokenizer)
+
+
+def with_pad_token(tokenizer):
+    """`tokenizer`, padding with end-of-text where it has no pad token (GPT-style); padding
+    is masked anyway."""
+    if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
@@ -61,7 +73,7 @@ def _kind(model_type: str) -> str:
     return "wordpiece" if model_type in ("bert", "distilbert", "electra") else "bpe"
 
 
-def train(
+def train_tokenizer(
     texts: Iterable[str], kind: str, vocab_size: int, min_frequency: int = 2, lowercase: bool = True
 ):
     """Trains a WordPiece (BERT) or byte-level BPE (GPT-2) tokenizer on `texts`, reading them

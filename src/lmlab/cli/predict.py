@@ -42,7 +42,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> None:
-    from lmlab.predict import load, predict, read_jsonl, write_jsonl
+    from lmlab.predict import predict, read_jsonl, write_jsonl
+    from lmlab.run import load
 
     if bool(args.texts) == bool(args.input):
         raise LmlabError("inputs: give either TEXT arguments or --input FILE (not both)")

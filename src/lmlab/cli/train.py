@@ -1,4 +1,5 @@
-"""lmlab-train: compose model x objective x data x trainer with Hydra, then train.
+"""lmlab-train: compose model x objective x data x trainer with Hydra, then train (the run
+itself is lmlab.run.train); every job records its outcome in its status.json.
 
 Imports only Hydra and the schemas at start-up, so `--help` and `--cfg job` stay fast;
 torch, transformers and lightning are imported when a run starts.
@@ -37,7 +38,7 @@ def fail(error: Exception) -> None:
 
 def train_and_report(cfg: DictConfig) -> float | None:
     validate(cfg)  # cheap checks before the heavy imports
-    from lmlab.build import train
+    from lmlab.run import train
 
     metrics = train(cfg)
     if "export" in metrics:

@@ -1,0 +1,157 @@
+"""From a config to the objects of one run, usable from Python without Hydra.
+
+compose(overrides) gives the config `lmlab-train <overrides>` would run; resolve(cfg) validates
+it (errors name the key); build_experiment(cfg) makes the run's objects: data, tokenizer,
+objective, model, LightningModule and DataModule. It is the only place that instantiates
+them; lmlab.run drives them (train, evaluate, load a finished run).
+
+from lmlab.experiment import build_experiment, compose
+exp = build_experiment(compose(["experiment=quickstart"], run_dir="outputs/try"))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from lmlab import config as lmconfig
+from lmlab.errors import LmlabError
+
+
+@dataclass
+class Experiment:
+    config: DictConfig  # the resolved config
+    tokenizer: Any
+    objective: Any
+    model: Any  # the Hugging Face model (what is exported)
+    module: Any  # lmlab.module.TaskModule
+    datamodule: Any  # lmlab.data.datamodule.DataModule
+
+
+@dataclass
+class Data:
+    """A data source as loaded for one command, to be reused by a second consumer of the same
+    `data` settings and seed (evaluating a checkpoint) instead of being loaded again."""
+
+    config: DictConfig  # the `data` section it was loaded with
+    seed: int
+    raw: Any  # splits of canonical columns
+    fingerprint: str  # identifies raw's content
+
+    def serves(self, cfg: DictConfig) -> bool:
+        return self.seed == cfg.seed and self.config == cfg.data
+
+
+def compose(
+    overrides: list[str] = (), run_dir: str | None = None, config_name: str = "train"
+) -> DictConfig:
+    """The config `lmlab-train <overrides>` would run, composed without the CLI."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(str(lmconfig.config_dir()), version_base="1.3"):
+        cfg = hydra_compose(config_name, overrides=list(overrides))
+    if run_dir is not None:
+        cfg.paths.run_dir = str(run_dir)
+    return cfg
+
+
+def resolve(cfg: DictConfig) -> DictConfig:
+    """Validates and resolves; every error names the key."""
+    lmconfig.validate(cfg)
+    try:
+        cfg = OmegaConf.create(lmconfig.to_container(cfg))
+        cfg.model.name_or_path = lmconfig.pretrained_path(cfg.model.name_or_path)
+        return cfg
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "config"
+        raise LmlabError(f"{key}: {getattr(e, 'msg', e)}") from None
+
+
+def seed_everything(seed: int) -> None:
+    import pytorch_lightning as pl
+
+    pl.seed_everything(seed, workers=True, verbose=False)
+
+
+def load_data(cfg: DictConfig) -> Data:
+    """Seeds every generator with cfg.seed, then loads and checks cfg.data's splits."""
+    from lmlab.data.sources import load_source
+
+    seed_everything(cfg.seed)
+    raw, fingerprint = load_source(cfg.data, cfg.seed)
+    return Data(cfg.data, cfg.seed, raw, fingerprint)
+
+
+def build_experiment(cfg: DictConfig, data: Data | None = None) -> Experiment:
+    """The objects of the run `cfg` describes (resolved here). `data`, when it serves the
+    same data settings and seed, is used instead of loading the data again."""
+    from hydra.utils import get_class
+
+    from lmlab import models, tokenizers
+    from lmlab.data.datamodule import DataModule
+    from lmlab.module import TaskModule
+
+    cfg = resolve(cfg)
+    if data is not None and data.serves(cfg):
+        seed_everything(cfg.seed)
+    else:
+        data = load_data(cfg)
+    raw, fingerprint = data.raw, data.fingerprint
+    if cfg.test and "test" not in raw:
+        raise LmlabError("test: true, but the data has no test split (set data.test)")
+    objective_class = get_class(cfg.objective._target_)
+    corpus = objective_class.texts(raw["train"])
+    tokenizer = tokenizers.load_or_train(cfg.model, corpus, fingerprint, cfg.paths.cache_dir)
+    objective = objective_class(cfg.objective, tokenizer, cfg.data.max_length, cfg.seed)
+    objective.prepare(raw)
+    head, extra = objective.head, objective.model_config()
+    model, new = models.load_or_create(cfg.model, head, tokenizer, extra)
+    datamodule = DataModule(raw, fingerprint, objective, cfg.data, cfg.paths.cache_dir)
+    start_from_pretrained(cfg.model, model, new, objective, datamodule)
+    return Experiment(
+        config=cfg,
+        tokenizer=tokenizer,
+        objective=objective,
+        model=model,
+        module=TaskModule(model, objective, cfg),
+        datamodule=datamodule,
+    )
+
+
+def start_from_pretrained(model_cfg, model, new: list[str] | None, objective, datamodule):
+    """A pretrained starting point: names the tensors it lacked, lets the objective
+    initialise a missing head, and rescales the embeddings of encoders pre-trained by lmlab
+    (model.rescale_embeddings)."""
+    from lmlab import models
+    from lmlab.export import pretrained_from_scratch
+
+    if new is None:  # built from scratch
+        return
+    if new:
+        print(f"model: newly initialised (not in {model_cfg.name_or_path}): {', '.join(new)}")
+        note = objective.init_new_head(model, new, datamodule)
+        if note:
+            print(f"model: {note}", flush=True)
+    rescale = model_cfg.rescale_embeddings
+    if rescale is None:
+        rescale = pretrained_from_scratch(model_cfg.name_or_path)
+    if rescale and (factor := models.rescale_embeddings(model)):
+        print(f"model: input embeddings scaled by {factor:.3f}, to a fresh model's size")
+
+
+def instantiate_plain(node: DictConfig):
+    """hydra.utils.instantiate, letting an LmlabError through as its one line (Hydra wraps
+    every error in a multi-line InstantiationException)."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, LmlabError):
+            raise e.__cause__ from None
+        raise
