@@ -14,8 +14,8 @@ from omegaconf import OmegaConf
 
 from lmlab.config import TokenClassificationConfig
 from lmlab.errors import LmlabError
+from lmlab.objectives.base import IGNORE
 from lmlab.objectives.ner import (
-    IGNORE,
     TokenClassification,
     entities,
     entity_scores,

@@ -14,13 +14,8 @@ from omegaconf import OmegaConf
 
 from lmlab.config import ExtractiveQAConfig, GenerativeQAConfig
 from lmlab.errors import LmlabError
-from lmlab.objectives.qa_extractive import (
-    ExtractiveQA,
-    exact_match,
-    f1,
-    normalize_answer,
-    squad_scores,
-)
+from lmlab.objectives.qa import exact_match, f1, normalize_answer, squad_scores
+from lmlab.objectives.qa_extractive import ExtractiveQA
 from lmlab.objectives.qa_generative import GenerativeQA
 
 IGNORE = -100

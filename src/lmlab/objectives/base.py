@@ -11,6 +11,12 @@ examples of the split to `score`. `predict_step` + `decode` serve lmlab-predict.
 Preprocessed rows keep an `example_id` (the row's index in the raw split) so that records
 find their example again; keys listed in `meta_keys` travel in the batch but are not
 model inputs.
+
+What several objectives share lives here too: `IGNORE` (the label outside the loss),
+padding (`pad`, `input_pads`), packing documents into blocks (`pack`), `masked_cross_entropy`,
+`perplexity` and `unique` (one record per example). Other shared parts have their own
+modules: generation (one decoding helper), label_set (classification and NER label sets),
+qa (the SQuAD metric of both QA objectives).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import torch
 from lmlab.errors import LmlabError
 
 Metrics = dict[str, tuple[torch.Tensor, float]]  # name -> (mean over the batch, weight)
+IGNORE = -100  # the label of positions outside the loss (Hugging Face's ignore_index)
 
 
 class Objective:
@@ -120,6 +127,14 @@ class Objective:
                 f"(columns: {', '.join(dataset.column_names)}); map one onto it"
             )
 
+    def input_pads(self, features: list[dict]) -> dict[str, int]:
+        """The pad values of the tokenizer's outputs (for `pad`): input_ids, and token_type_ids
+        where the tokenizer gives them."""
+        keys = {"input_ids": self.tokenizer.pad_token_id}
+        if "token_type_ids" in features[0]:
+            keys["token_type_ids"] = 0
+        return keys
+
     def pad(self, features: list[dict], keys: dict[str, int]) -> dict[str, torch.Tensor]:
         """Right-pads the listed keys (key -> pad value) and adds the attention mask."""
         length = max(len(f["input_ids"]) for f in features)
@@ -131,6 +146,14 @@ class Objective:
             [[1] * len(f["input_ids"]) + [0] * (length - len(f["input_ids"])) for f in features]
         )
         return batch
+
+
+def unique(records: list[dict]) -> list[dict]:
+    """The first record of each example (DDP pads the last batch with repeated examples)."""
+    seen: dict[int, dict] = {}
+    for record in records:
+        seen.setdefault(record["example_id"], record)
+    return list(seen.values())
 
 
 def pack(dataset, tokenizer, block_size: int, separator_id: int, wrap=lambda ids: ids):

@@ -1,8 +1,8 @@
 """Sequence classification (sentiment, NLI, topic): one label per text or text pair.
 
-The label set comes from the training split's ClassLabel feature (`prepare`) or from an
-exported model's id2label (`restore`); other splits are mapped onto it by label name.
-Scored over the whole split: accuracy, macro-F1, F1 per class and the confusion matrix.
+The label set is handled as for NER (lmlab.objectives.label_set). Scored over the whole split:
+accuracy, macro-F1, F1 per class and the confusion matrix (`classification_scores`, and
+`confusion_table` to print it).
 """
 
 from __future__ import annotations
@@ -10,60 +10,8 @@ from __future__ import annotations
 import torch
 
 from lmlab.errors import LmlabError
-from lmlab.objectives.base import Metrics, Objective, masked_cross_entropy
-
-
-def class_names(dataset, column: str, split: str = "train") -> list[str]:
-    """The names of a ClassLabel column (or of a list of ClassLabels, as NER tags are)."""
-    feature = dataset.features.get(column)
-    feature = getattr(feature, "feature", feature)  # List(ClassLabel) -> ClassLabel
-    names = getattr(feature, "names", None)
-    if not names:
-        raise LmlabError(
-            f"data.{split}: column '{column}' is {feature!r}, expected a datasets.ClassLabel "
-            "(the source names the label set; set data.labels)"
-        )
-    return list(names)
-
-
-def id_map(names: list[str], labels: list[str], split: str) -> list[int]:
-    """For each id of a split's label names, its id in the objective's label set."""
-    index = {name: i for i, name in enumerate(labels)}
-    unknown = [name for name in names if name not in index]
-    if unknown:
-        raise LmlabError(
-            f"data.{split}: label {unknown[0]!r} is not in the training label set "
-            f"({', '.join(labels)})"
-        )
-    return [index[name] for name in names]
-
-
-def label_config(labels: list[str] | None, dropout: float | None) -> dict:
-    """Hugging Face config settings for a head over `labels`."""
-    if not labels:
-        raise LmlabError("objective: no label set; call prepare(raw) or restore(model) first")
-    settings = {
-        "num_labels": len(labels),
-        "id2label": dict(enumerate(labels)),
-        "label2id": {name: i for i, name in enumerate(labels)},
-    }
-    if dropout is not None:
-        settings["classifier_dropout"] = dropout
-    return settings
-
-
-def labels_of(model) -> list[str]:
-    """The label names of an exported model, in id order."""
-    id2label = model.config.id2label
-    return [id2label[i] for i in range(len(id2label))]
-
-
-def unique(records: list[dict]) -> list[dict]:
-    """The first record of each example (DDP pads the last batch with repeated examples)."""
-    seen: dict[int, dict] = {}
-    for record in records:
-        seen.setdefault(record["example_id"], record)
-    return list(seen.values())
+from lmlab.objectives.base import Metrics, masked_cross_entropy, unique
+from lmlab.objectives.label_set import LabelSetObjective
 
 
 def f1(tp: int, fp: int, fn: int) -> float:
@@ -103,29 +51,23 @@ def confusion_table(confusion: dict) -> str:
     )
 
 
-class SequenceClassification(Objective):
+class SequenceClassification(LabelSetObjective):
     head = "AutoModelForSequenceClassification"
     required_columns = ("text", "label")
     # evaluation logs only the loss per batch; accuracy & co. come from `score`
     metric_names = ("loss",)
     meta_keys = ("example_id", "labels")  # the loss is computed here, not by the model
-
-    def __init__(self, cfg, tokenizer, max_length: int, seed: int = 0):
-        super().__init__(cfg, tokenizer, max_length, seed)
-        self.labels: list[str] | None = None
+    label_column = "label"
 
     # -- data
     def prepare(self, raw) -> None:
-        self.labels = class_names(raw["train"], "label")
+        super().prepare(raw)
         if len(self.labels) < 2:
             raise LmlabError(f"data.train: one label only ({self.labels[0]!r}); need two or more")
 
-    def restore(self, model) -> None:
-        self.labels = labels_of(model)
-
     def gold(self, dataset, split: str) -> list[int]:
         """The split's labels as ids of the objective's label set."""
-        to_ours = id_map(class_names(dataset, "label", split), self.labels, split)
+        to_ours = self.label_ids(dataset, split)
         out = []
         for row, label in enumerate(dataset["label"]):
             if not 0 <= label < len(to_ours):
@@ -158,22 +100,13 @@ class SequenceClassification(Objective):
         )
 
     def collate(self, features):
-        keys = {"input_ids": self.tokenizer.pad_token_id}
-        if "token_type_ids" in features[0]:
-            keys["token_type_ids"] = 0
-        batch = self.pad(features, keys)
+        batch = self.pad(features, self.input_pads(features))
         batch["example_id"] = torch.tensor([f["example_id"] for f in features])
         if "labels" in features[0]:
             batch["labels"] = torch.tensor([f["labels"] for f in features])
         return batch
 
-    def fingerprint(self):
-        return {**super().fingerprint(), "labels": self.labels}
-
     # -- model
-    def model_config(self) -> dict:
-        return label_config(self.labels, self.cfg.classifier_dropout)
-
     def logits(self, model, batch) -> torch.Tensor:
         return model(**self.model_inputs(batch)).logits
 

@@ -7,7 +7,14 @@ from __future__ import annotations
 import torch
 
 from lmlab.errors import LmlabError
-from lmlab.objectives.base import Metrics, Objective, masked_cross_entropy, pack, perplexity
+from lmlab.objectives.base import (
+    IGNORE,
+    Metrics,
+    Objective,
+    masked_cross_entropy,
+    pack,
+    perplexity,
+)
 
 ENCODER_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -32,7 +39,7 @@ def mask_tokens(
         start_of_word = torch.where(word_starts, positions, 0).cummax(dim=1).values
         draw = draw.gather(1, start_of_word)
     chosen = (draw < probability) & ~special
-    labels = torch.where(chosen, input_ids, -100)
+    labels = torch.where(chosen, input_ids, IGNORE)
     how = torch.rand(input_ids.shape)
     to_mask = chosen & (how < mask_replace_prob)
     to_random = chosen & ~to_mask & (how < mask_replace_prob + random_replace_prob)
@@ -61,7 +68,7 @@ def fit_transform(encoder, head, batches) -> int:
     embeddings = head.decoder.weight
     hidden, targets = [], []
     for batch in batches:
-        chosen = batch["labels"] != -100
+        chosen = batch["labels"] != IGNORE
         inputs = {k: v for k, v in batch.items() if k in ENCODER_INPUTS}
         hidden.append(encoder(**inputs).last_hidden_state[chosen])
         targets.append(embeddings[batch["labels"][chosen]])
@@ -126,7 +133,7 @@ class MaskedLM(Objective):
     def mlm_loss(self, model, batch) -> tuple[torch.Tensor, torch.Tensor, int, object]:
         """Encoder over all positions; vocabulary logits only where labels are set."""
         inputs = {k: v for k, v in batch.items() if k in ENCODER_INPUTS}
-        chosen = batch["labels"] != -100
+        chosen = batch["labels"] != IGNORE
         split = mlm_head(model)
         if split:
             out = split[0](**inputs)

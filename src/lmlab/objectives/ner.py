@@ -1,4 +1,5 @@
-"""Token classification (NER) over IOB2 tags.
+"""Token classification (NER) over IOB2 tags (the tag set handled as classification's label
+set, lmlab.objectives.label_set).
 
 Each word's tag goes on its FIRST sub-word; the other sub-words and the specials get -100
 and are neither trained nor scored. With `document_context` (off by default) and a
@@ -17,16 +18,8 @@ from collections import defaultdict
 import datasets
 
 from lmlab.errors import LmlabError
-from lmlab.objectives.base import Metrics, Objective, masked_cross_entropy
-from lmlab.objectives.classification import (
-    class_names,
-    id_map,
-    label_config,
-    labels_of,
-    unique,
-)
-
-IGNORE = -100
+from lmlab.objectives.base import IGNORE, Metrics, masked_cross_entropy, unique
+from lmlab.objectives.label_set import LabelSetObjective
 
 
 def split_tag(tag: str) -> tuple[str, str]:
@@ -92,15 +85,12 @@ def words_of(dataset) -> list[list[str]]:
     return [text.split() for text in dataset["text"]]
 
 
-class TokenClassification(Objective):
+class TokenClassification(LabelSetObjective):
     head = "AutoModelForTokenClassification"
     required_columns = ("tokens", "tags")
     metric_names = ("loss",)  # evaluation: entity scores and accuracy come from `score`
     meta_keys = ("example_id", "labels", "word_index")
-
-    def __init__(self, cfg, tokenizer, max_length: int, seed: int = 0):
-        super().__init__(cfg, tokenizer, max_length, seed)
-        self.labels: list[str] | None = None
+    label_column = "tags"
 
     @staticmethod
     def texts(dataset):
@@ -110,20 +100,16 @@ class TokenClassification(Objective):
 
     # -- data
     def prepare(self, raw) -> None:
-        labels = class_names(raw["train"], "tags")
-        for tag in labels:
+        super().prepare(raw)
+        for tag in self.labels:
             try:
                 split_tag(tag)
             except LmlabError as e:
                 raise LmlabError(f"data.train: {e}") from None
-        self.labels = labels
-
-    def restore(self, model) -> None:
-        self.labels = labels_of(model)
 
     def gold(self, dataset, split: str) -> list[list[int]]:
         """Each example's tags as ids of the objective's label set."""
-        to_ours = id_map(class_names(dataset, "tags", split), self.labels, split)
+        to_ours = self.label_ids(dataset, split)
         out = []
         for row, (tokens, tags) in enumerate(zip(dataset["tokens"], dataset["tags"])):
             if len(tokens) != len(tags):
@@ -193,24 +179,15 @@ class TokenClassification(Objective):
         return chunks
 
     def collate(self, features):
-        keys = {"input_ids": self.tokenizer.pad_token_id, "example_id": -1, "word_index": -1}
-        if "token_type_ids" in features[0]:
-            keys["token_type_ids"] = 0
+        keys = self.input_pads(features) | {"example_id": -1, "word_index": -1}
         if "labels" in features[0]:
             keys["labels"] = IGNORE
         return self.pad(features, keys)
 
     def fingerprint(self):
-        return {
-            **super().fingerprint(),
-            "labels": self.labels,
-            "document_context": self.cfg.document_context,
-        }
+        return {**super().fingerprint(), "document_context": self.cfg.document_context}
 
     # -- model
-    def model_config(self) -> dict:
-        return label_config(self.labels, self.cfg.classifier_dropout)
-
     def _forward(self, model, batch):
         """Logits, and the loss and token accuracy over the labelled positions."""
         logits = model(**self.model_inputs(batch)).logits

@@ -3,111 +3,26 @@ context. Long contexts become overlapping windows of `doc_stride` tokens; at eva
 best span is searched over all windows of an example (the post-processing of the Hugging
 Face examples) and scored with the official SQuAD exact match and F1.
 
-The SQuAD metric (`normalize_answer`, `exact_match`, `f1`, `squad_scores`) lives here and
-is reused by generative QA.
+The SQuAD metric and what both QA objectives share live in lmlab.objectives.qa.
 """
 
 from __future__ import annotations
 
 import collections
-import re
-import string
 from typing import Any
 
 import torch
 
 from lmlab.errors import LmlabError
 from lmlab.objectives.base import Metrics, Objective
+from lmlab.objectives.qa import REQUIRED_COLUMNS, answer_scores, qa_columns, qa_texts
 
 NO_OFFSET = [-1, -1]  # question, special and padding tokens: not part of the context
-SAMPLES = 5  # example predictions written to samples.txt at each validation
-
-# ---------------------------------------------------------------- SQuAD metric
-
-_ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
-_PUNCTUATION = set(string.punctuation)
-
-
-def normalize_answer(text: str) -> str:
-    """The official SQuAD normalisation: lower case, no punctuation, no articles, single spaces."""
-    text = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION)
-    return " ".join(_ARTICLES.sub(" ", text).split())
-
-
-def _golds(golds: list[str]) -> list[str]:
-    """Gold answers that normalise to something; none (no-answer) means the empty answer,
-    as in the official v2.0 script."""
-    return [g for g in golds if normalize_answer(g)] or [""]
-
-
-def exact_match(prediction: str, golds: list[str]) -> float:
-    """1.0 when the prediction equals one of the gold answers after normalisation."""
-    pred = normalize_answer(prediction)
-    return float(any(pred == normalize_answer(g) for g in _golds(golds)))
-
-
-def _token_f1(pred_tokens: list[str], gold_tokens: list[str]) -> float:
-    if not pred_tokens or not gold_tokens:  # no-answer: right only when both are empty
-        return float(pred_tokens == gold_tokens)
-    common = collections.Counter(pred_tokens) & collections.Counter(gold_tokens)
-    same = sum(common.values())
-    if same == 0:
-        return 0.0
-    precision, recall = same / len(pred_tokens), same / len(gold_tokens)
-    return 2 * precision * recall / (precision + recall)
-
-
-def f1(prediction: str, golds: list[str]) -> float:
-    """Token-overlap F1 of the normalised answers, the best over the gold answers."""
-    pred = normalize_answer(prediction).split()
-    return max(_token_f1(pred, normalize_answer(g).split()) for g in _golds(golds))
-
-
-def squad_scores(
-    predictions: list[str], golds: list[list[str]], breakdown: bool = False
-) -> dict[str, float]:
-    """exact_match and f1 in percent (0-100), like the official script; with `breakdown`
-    also has_answer_f1 / no_answer_f1 over the questions with / without a gold answer."""
-    if not predictions:
-        return {}
-    em = [exact_match(p, g) for p, g in zip(predictions, golds, strict=True)]
-    f = [f1(p, g) for p, g in zip(predictions, golds, strict=True)]
-    scores = {"exact_match": 100 * sum(em) / len(em), "f1": 100 * sum(f) / len(f)}
-    if breakdown:
-        answered = [bool(_golds(g)[0]) for g in golds]
-        for name, wanted in (("has_answer_f1", True), ("no_answer_f1", False)):
-            part = [x for x, a in zip(f, answered, strict=True) if a == wanted]
-            if part:
-                scores[name] = 100 * sum(part) / len(part)
-    return scores
-
-
-def qa_texts(dataset):
-    """Questions and (each once) contexts: what a tokenizer trained from scratch learns from."""
-    if "question" in dataset.column_names:
-        yield from dataset["question"]
-    if "context" in dataset.column_names:
-        yield from dict.fromkeys(dataset["context"])
-
-
-def qa_samples(predictions: dict[int, str], examples) -> list[str]:
-    """A few predictions next to their questions and gold answers, for samples.txt."""
-    lines = []
-    for i in sorted(predictions)[:SAMPLES]:
-        example = examples[i]
-        golds = " | ".join(example["answers"]["text"]) or "(no answer)"
-        lines.append(
-            f"Q: {example['question']}\npredicted: {predictions[i] or '(no answer)'}\ngold: {golds}"
-        )
-    return lines
-
-
-# ---------------------------------------------------------------- objective
 
 
 class ExtractiveQA(Objective):
     head = "AutoModelForQuestionAnswering"
-    required_columns = ("question", "context")
+    required_columns = REQUIRED_COLUMNS
     metric_names = ("loss",)
     meta_keys = ("example_id", "offsets")
 
@@ -118,14 +33,13 @@ class ExtractiveQA(Objective):
 
     # -- data
     def preprocess(self, dataset, split: str):
-        labelled = split != "predict"
-        self.check_columns(dataset, self.required_columns + (("answers",) if labelled else ()))
+        self.check_columns(dataset, qa_columns(split))
         return dataset.map(
             self._windows,
             batched=True,
             with_indices=True,
             remove_columns=dataset.column_names,
-            fn_kwargs={"labelled": labelled, "offsets": split != "train"},
+            fn_kwargs={"labelled": split != "predict", "offsets": split != "train"},
         )
 
     def _windows(self, batch, indices, labelled: bool, offsets: bool):
@@ -181,10 +95,7 @@ class ExtractiveQA(Objective):
 
     def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         first = features[0]
-        keys = {"input_ids": self.tokenizer.pad_token_id}
-        if "token_type_ids" in first:
-            keys["token_type_ids"] = 0
-        batch = self.pad(features, keys)
+        batch = self.pad(features, self.input_pads(features))
         for key in ("start_positions", "end_positions", "example_id"):
             if key in first:
                 batch[key] = torch.tensor([f[key] for f in features])
@@ -248,12 +159,7 @@ class ExtractiveQA(Objective):
 
     def score(self, records: list[dict], examples, model) -> dict[str, Any]:
         answers = {i: p["answer"] for i, p in self.predictions(records, examples).items()}
-        ids = sorted(answers)
-        golds = [examples[i]["answers"]["text"] for i in ids]
-        scores: dict[str, Any] = squad_scores(
-            [answers[i] for i in ids], golds, breakdown=self.cfg.version_2_with_negative
-        )
-        return scores | {"samples": qa_samples(answers, examples)}
+        return answer_scores(answers, examples, breakdown=self.cfg.version_2_with_negative)
 
     def decode(self, records: list[dict], examples) -> list[dict]:
         found = self.predictions(records, examples)

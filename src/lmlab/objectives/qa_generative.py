@@ -1,7 +1,9 @@
 """Generative question answering with a GPT-style model: the prompt (`prompt_template` with
 the context and the question) is followed by " " + the first answer + end-of-text, and the
 loss covers only the answer. At evaluation the same batch also generates answers from the
-prompts alone (left-padded), scored with the SQuAD exact match and F1 of extractive QA.
+prompts alone (left-padded) with the `decoding` settings, through lmlab.objectives.generation
+as clm and text generation do, scored with the SQuAD exact match and F1
+(lmlab.objectives.qa).
 """
 
 from __future__ import annotations
@@ -11,15 +13,15 @@ from typing import Any
 import torch
 
 from lmlab.errors import LmlabError
-from lmlab.objectives.base import Metrics, Objective
-from lmlab.objectives.qa_extractive import qa_samples, qa_texts, squad_scores
-
-IGNORE = -100
+from lmlab.objectives.base import IGNORE, Metrics, Objective
+from lmlab.objectives.clm import causal_lm_metrics
+from lmlab.objectives.generation import continue_prompts
+from lmlab.objectives.qa import REQUIRED_COLUMNS, answer_scores, qa_columns, qa_texts
 
 
 class GenerativeQA(Objective):
     head = "AutoModelForCausalLM"
-    required_columns = ("question", "context")
+    required_columns = REQUIRED_COLUMNS
     metric_names = ("loss",)
     meta_keys = ("example_id", "prompt_ids", "prompt_mask")
 
@@ -50,8 +52,7 @@ class GenerativeQA(Objective):
 
     # -- data
     def preprocess(self, dataset, split: str):
-        labelled = split != "predict"
-        self.check_columns(dataset, self.required_columns + (("answers",) if labelled else ()))
+        self.check_columns(dataset, qa_columns(split))
         return dataset.map(
             self._encode,
             batched=True,
@@ -167,9 +168,7 @@ class GenerativeQA(Objective):
 
     # -- model
     def step(self, model, batch) -> Metrics:
-        out = model(**self.model_inputs(batch))
-        n = int((batch["labels"][:, 1:] != IGNORE).sum())
-        return {"loss": (out.loss, n)}
+        return causal_lm_metrics(model, self.model_inputs(batch))
 
     def eval_step(self, model, batch) -> tuple[Metrics, list[dict]]:
         return self.step(model, batch), self.predict_step(model, batch)
@@ -180,28 +179,21 @@ class GenerativeQA(Objective):
         return [{"example_id": i, "answer": a} for i, a in zip(ids, answers, strict=True)]
 
     def generate(self, model, prompt_ids, prompt_mask) -> list[str]:
-        """Continues left-padded prompts with the `decoding` settings; the answer is the new
-        text up to end-of-text or the first newline, stripped."""
+        """Continues left-padded prompts with the `decoding` settings (lmlab.objectives.
+        generation: seeded by `seed` in a forked generator, train mode restored); the answer
+        is the new text up to end-of-text or the first newline, stripped."""
         tok = self.tokenizer
-        d = self.cfg.decoding
-        settings = {
-            "max_new_tokens": d.max_new_tokens,
-            "num_beams": d.num_beams,
-            "do_sample": d.do_sample,
-            "repetition_penalty": d.repetition_penalty,
-        }
-        if d.do_sample:
-            settings |= {"temperature": d.temperature, "top_k": d.top_k, "top_p": d.top_p}
-        with torch.no_grad():
-            out = model.generate(
-                input_ids=prompt_ids,
-                attention_mask=prompt_mask,
-                pad_token_id=self.pad_id(),
-                eos_token_id=tok.eos_token_id,
-                **settings,
-            )
+        new_rows = continue_prompts(
+            model,
+            prompt_ids,
+            prompt_mask,
+            self.cfg.decoding,
+            seed=self.seed,
+            pad_token_id=self.pad_id(),
+            eos_token_id=tok.eos_token_id,
+        )
         answers = []
-        for new in out[:, prompt_ids.shape[1] :].tolist():
+        for new in new_rows:
             if tok.eos_token_id in new:
                 new = new[: new.index(tok.eos_token_id)]
             text = tok.decode(new, skip_special_tokens=True)
@@ -210,11 +202,7 @@ class GenerativeQA(Objective):
 
     # -- split metrics and predictions
     def score(self, records: list[dict], examples, model) -> dict[str, Any]:
-        answers = {r["example_id"]: r["answer"] for r in records}
-        ids = sorted(answers)
-        golds = [examples[i]["answers"]["text"] for i in ids]
-        scores: dict[str, Any] = squad_scores([answers[i] for i in ids], golds)
-        return scores | {"samples": qa_samples(answers, examples)}
+        return answer_scores({r["example_id"]: r["answer"] for r in records}, examples)
 
     def decode(self, records: list[dict], examples) -> list[dict]:
         answers = {r["example_id"]: r["answer"] for r in records}

@@ -1,14 +1,15 @@
 """Text generation: a causal LM trained on plain text (packed blocks, as in clm) or on
 prompt -> completion pairs (one example per pair; the loss covers only the completion and
 the end-of-text after it). Each validation generates a sample from every configured prompt
-with the `decoding` settings; lmlab-predict continues prompts the same way."""
+with the `decoding` settings (through lmlab.objectives.generation, as clm and generative QA
+do); lmlab-predict continues prompts the same way."""
 
 from __future__ import annotations
 
 from lmlab.errors import LmlabError
+from lmlab.objectives.base import IGNORE
 from lmlab.objectives.clm import CausalLM
-
-IGNORE = -100  # label of positions outside the loss
+from lmlab.objectives.generation import continue_prompts, left_pad, prompt_room
 
 
 def fit_pair(prompt: list[int], completion: list[int], max_length: int):
@@ -97,9 +98,6 @@ class TextGeneration(CausalLM):
         return batch
 
     # -- model
-    def step(self, model, batch):
-        return super().step(model, self.model_inputs(batch))
-
     def eval_step(self, model, batch):
         """One cheap record per batch, so that the module calls `score` (the samples)."""
         return self.step(model, batch), [{"sequences": len(batch["input_ids"])}]
@@ -110,48 +108,21 @@ class TextGeneration(CausalLM):
         return {"samples": [p + g for p, g in zip(prompts, generated)]}
 
     def generate(self, model, prompts: list[list[int]]) -> list[str]:
-        """Continues each prompt (token ids) with the decoding settings; left-padded into one
-        batch. Sampling is seeded by `seed` in a forked generator: the samples of given
-        weights are reproducible and the training's random stream is left untouched."""
-        import torch
-
+        """Continues each prompt (token ids, cut from the left to fit the model's positions)
+        with the decoding settings, left-padded into one batch (lmlab.objectives.generation:
+        seeded by `seed` in a forked generator, train mode restored)."""
         d = self.cfg.decoding
-        prompts = [ids[-self._room(model) :] for ids in prompts]
-        width = max(len(ids) for ids in prompts)
+        room = prompt_room(model, d.max_new_tokens)
         pad = self.tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in prompts])
-        mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompts])
-        settings = {"max_new_tokens": d.max_new_tokens, "num_beams": d.num_beams}
-        if d.repetition_penalty != 1.0:
-            settings["repetition_penalty"] = d.repetition_penalty
-        if d.do_sample:
-            settings |= {"temperature": d.temperature, "top_k": d.top_k, "top_p": d.top_p}
-        devices = [model.device] if model.device.type == "cuda" else []
-        was_training = model.training
-        model.eval()
-        with torch.random.fork_rng(devices=devices), torch.no_grad():
-            torch.manual_seed(self.seed)
-            out = model.generate(
-                input_ids.to(model.device),
-                attention_mask=mask.to(model.device),
-                do_sample=d.do_sample,
-                pad_token_id=pad,
-                eos_token_id=self.tokenizer.eos_token_id,
-                **settings,
-            )
-        model.train(was_training)
-        return [self.tokenizer.decode(row[width:], skip_special_tokens=True) for row in out]
-
-    def _room(self, model) -> int:
-        """How many prompt tokens fit before the generated ones in the model's positions."""
-        positions = getattr(model.config, "max_position_embeddings", None) or 10**9
-        room = positions - self.cfg.decoding.max_new_tokens
-        if room < 1:
-            raise LmlabError(
-                f"objective.decoding.max_new_tokens: {self.cfg.decoding.max_new_tokens} leaves "
-                f"no room for a prompt in the model's {positions} positions"
-            )
-        return room
+        new = continue_prompts(
+            model,
+            *left_pad([ids[-room:] for ids in prompts], pad),
+            d,
+            seed=self.seed,
+            pad_token_id=pad,
+            eos_token_id=self.tokenizer.eos_token_id,
+        )
+        return [self.tokenizer.decode(row, skip_special_tokens=True) for row in new]
 
     # -- lmlab-predict
     def predict_step(self, model, batch) -> list[dict]:
