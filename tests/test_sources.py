@@ -1,39 +1,23 @@
-"""Tests for lmlab.data.sources on tiny fixtures written into tmp_path."""
+"""Tests for the lmlab.data.sources package (load_source through its readers, row checks,
+labels and splits) on tiny fixtures written into tmp_path."""
 
+import dataclasses
 import json
 import os
 from types import SimpleNamespace
 
 import pytest
+from omegaconf import OmegaConf
 
+from lmlab.config import ColumnsConfig, DataConfig
 from lmlab.data.sources import load_source, to_iob2
 from lmlab.errors import LmlabError
 
-DEFAULTS = dict(
-    source="files",
-    train=None,
-    validation=None,
-    test=None,
-    format="auto",
-    documents="blank_line",
-    hub_name=None,
-    hub_subset=None,
-    columns={},
-    val_fraction=0.25,
-    max_train_samples=None,
-    max_eval_samples=None,
-    labels=None,
-    token_column=0,
-    tag_column=-1,
-    skip_bad_rows=False,
-    val_group=None,
-    delimiter=None,
-    encoding="utf-8",
-)
-
 
 def make_cfg(**overrides):
-    return SimpleNamespace(**{**DEFAULTS, **overrides})
+    """A typed DataConfig (its defaults), val_fraction 0.25 unless set."""
+    columns = ColumnsConfig(**overrides.pop("columns", {}))
+    return DataConfig(name="test", columns=columns, **{"val_fraction": 0.25, **overrides})
 
 
 def write(path, text):
@@ -261,13 +245,23 @@ def test_unknown_choice(tmp_path, key, value):
 
 
 def test_omegaconf_cfg(tmp_path):
-    from omegaconf import OmegaConf
-
     train = write(tmp_path / "t.txt", "a\n\nb\n\nc\n\nd\n")
-    cfg = OmegaConf.create({**DEFAULTS, "train": train, "columns": {"text": "text"}})
+    plain = dataclasses.asdict(make_cfg(train=train, columns={"text": "text"}))
+    cfg = OmegaConf.create(plain)  # a plain config, not of the DataConfig schema
     data, fp = load_source(cfg, seed=3)
     assert len(data["train"]) + len(data["validation"]) == 4
     assert fp == load_source(make_cfg(train=train, columns={"text": "text"}), seed=3)[1]
+
+
+def test_settings_not_given_take_the_dataconfig_defaults(tmp_path):
+    train = write(tmp_path / "t.txt", "a\n\nb\n\nc\n\nd\n")
+    _, fp = load_source(make_cfg(train=train, val_fraction=0.05), seed=3)
+    assert load_source(OmegaConf.structured(make_cfg(train=train, val_fraction=0.05)), 3)[1] == fp
+    assert load_source({"train": train}, seed=3)[1] == fp
+    assert load_source(OmegaConf.create({"train": train}), seed=3)[1] == fp
+    assert load_source(SimpleNamespace(train=train), seed=3)[1] == fp
+    with pytest.raises(LmlabError, match=r"^data\.tag_column: .*'last'"):
+        load_source({"train": train, "tag_column": "last"}, seed=3)
 
 
 # ---------------------------------------------------------------- readers
@@ -776,7 +770,7 @@ def test_hub_save_to_disk_with_class_label_tags(tmp_path):
     cfg = make_cfg(source="hub", hub_name=str(tmp_path / "hub"), columns={"tags": "ner_tags"})
     with pytest.raises(LmlabError, match=r"hub\[validation\] record 1: 2 tokens but 1 tags"):
         load_source(cfg, seed=0)
-    data, _ = load_source(make_cfg(**{**vars(cfg), "skip_bad_rows": True}), seed=0)
+    data, _ = load_source(dataclasses.replace(cfg, skip_bad_rows=True), seed=0)
     assert data["train"].features["tags"].feature.names == names
     assert list(data["train"]["tags"]) == [[1, 2], [0, 3]]
     assert list(data["validation"]["tokens"]) == [["ok"]]
@@ -795,12 +789,12 @@ def test_hub_class_labels_and_unlabelled_test(tmp_path):
     cfg = make_cfg(source="hub", hub_name=str(tmp_path / "glue"), columns={"text": "sentence"})
     with pytest.raises(LmlabError, match=r"glue\[validation\] record 1: no label \(-1\)"):
         load_source(cfg, seed=0)
-    data, _ = load_source(make_cfg(**{**vars(cfg), "skip_bad_rows": True}), seed=0)
+    data, _ = load_source(dataclasses.replace(cfg, skip_bad_rows=True), seed=0)
     assert set(data) == {"train", "validation"}  # the unlabelled test split is left out
     assert data["train"].features["label"].names == ["negative", "positive"]
     assert list(data["validation"]["label"]) == [1]
     with pytest.raises(LmlabError, match=r"data\.labels: \['neg', 'pos'\] differ from the names"):
-        load_source(make_cfg(**{**vars(cfg), "labels": ["neg", "pos"]}), seed=0)
+        load_source(dataclasses.replace(cfg, labels=["neg", "pos"]), seed=0)
 
 
 # ---------------------------------------------------------------- real data (slow)

@@ -107,8 +107,8 @@ _LOADERS = {"files": load_files, "hub": load_hub, "pydoc": load_pydoc}
 
 
 def load_source(cfg, seed: int):
-    """Load and check the splits ``cfg`` (the ``data`` config section: a ``DataConfig``, or a
-    config with its keys; the keys it lacks take DataConfig's defaults) describes.
+    """Load and check the splits ``cfg`` (the ``data`` config section: a ``DataConfig`` or a
+    config of its schema; keys it lacks take DataConfig's defaults) describes.
 
     Returns ``(Splits, fingerprint)``: splits ``train`` and ``validation`` always, ``test``
     when given or found; ``Splits.skipped`` holds the bad rows dropped per split. The
@@ -126,7 +126,7 @@ def load_source(cfg, seed: int):
             skipped[name] = bad.rows
             print(bad.rows.summary(name), file=sys.stderr, flush=True)
         if len(splits[name]) == 0:
-            raise LmlabError(f"data.{name}: no rows left ({cfg[name]!r})")
+            raise LmlabError(f"data.{name}: no rows left ({getattr(cfg, name)!r})")
     if "validation" not in splits:
         carve_validation(splits, cfg, seed)
     splits = Splits(truncate(splits, cfg.max_train_samples, cfg.max_eval_samples))

@@ -1,0 +1,174 @@
+"""The ``files`` source: each of data.train/validation/test names a file, a directory or a
+glob; the files of a split are read by the reader data.format picks (``auto``: by extension)
+and joined into one Dataset whose rows know their ``file:line``."""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+
+from lmlab.data.sources import readers, squad
+from lmlab.data.sources.checks import Bad, Where
+from lmlab.data.sources.settings import SPLITS, STRING_COLUMNS, mapped_columns
+from lmlab.errors import LmlabError
+
+# Any other extension (or none) is read as text.
+_FORMAT_BY_EXT = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".json": "json",
+    ".jsonl": "jsonl",
+    ".conll": "conll",
+}
+
+
+def load_files(cfg, skip):
+    """The splits given -> ({split: (Dataset, Where, Bad)}, the files' identity)."""
+    if cfg.train is None:
+        raise LmlabError("data.train: required when data.source is 'files'")
+    _check_encoding(cfg.encoding)
+    _delimiter(cfg, tsv=False)  # a bad one fails before any file is read
+    splits, identity = {}, {}
+    for name in SPLITS:
+        spec = getattr(cfg, name)
+        if spec is None:
+            continue
+        key = f"data.{name}"
+        paths = _resolve(key, spec)
+        bad = Bad(skip)
+        ds, where = _read_split(key, spec, paths, cfg, bad)
+        splits[name] = (ds, where, bad)
+        # Size + mtime_ns is cheap and changes whenever the content does in practice.
+        identity[name] = [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in paths]
+    return splits, identity
+
+
+def _check_encoding(encoding):
+    try:
+        b"\n".decode(encoding)  # b"" is decoded without looking the codec up
+    except UnicodeDecodeError:  # a known codec (utf-16: half a character)
+        pass
+    except (LookupError, TypeError):
+        raise LmlabError(
+            f"data.encoding: unknown encoding {encoding!r} "
+            "(expected a Python text codec such as utf-8, latin-1, cp1252)"
+        ) from None
+
+
+def _delimiter(cfg, tsv):
+    """data.delimiter as one character (the two characters \\t: a tab); None: the default."""
+    value = cfg.delimiter
+    if value is None:
+        return "\t" if tsv else ","
+    value = {"\\t": "\t"}.get(value, value)
+    if not isinstance(value, str) or len(value) != 1 or value in '\r\n"':
+        raise LmlabError(
+            "data.delimiter: expected one character other than a quote or a newline "
+            f"(e.g. ';', '|', '@', \\t for a tab), got {value!r}"
+        )
+    return value
+
+
+def _resolve(key, spec):
+    """A file, a directory (its non-hidden files, sorted) or a glob -> absolute paths."""
+    path = Path(os.path.expanduser(spec))
+    if path.is_dir():
+        paths = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+    elif path.is_file():
+        paths = [path]
+    else:
+        paths = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
+    if not paths:
+        raise LmlabError(f"{key}: no file matches {spec!r}")
+    return [p.resolve() for p in paths]
+
+
+def _file_format(key, paths, fmt):
+    if fmt != "auto":
+        return fmt
+    found = {_FORMAT_BY_EXT.get(p.suffix.lower(), "text") for p in paths}
+    if len(found) > 1:
+        raise LmlabError(
+            f"{key}: files of mixed formats ({', '.join(sorted(found))}); set data.format"
+        )
+    return found.pop()
+
+
+def _read_split(key, spec, paths, cfg, bad):
+    """Reads the files of one split -> (Dataset, where)."""
+    from datasets import Dataset
+
+    fmt = _file_format(key, paths, cfg.format)
+    enc = cfg.encoding
+    where = Where()
+    if fmt == "text":
+        docs = []
+        for p in paths:
+            lines = readers.decode_lines(p, bad, enc)
+            text = "\n".join(line for line in lines if line is not None)
+            docs += readers.split_documents(text, cfg.documents)
+        if not docs:
+            raise LmlabError(f"{key}: no non-empty documents in {spec!r}")
+        where.add(len(docs), lambda i: f"{spec}: document {i}")
+        return Dataset.from_dict({"text": docs}), where
+    parts = []
+    for p in paths:
+        columns, n, describe = _read_file(p, fmt, cfg, bad)
+        parts.append(columns)
+        where.add(n, describe)
+    columns = _join_columns(parts)
+    if fmt == "squad":
+        return Dataset.from_dict(columns, features=squad.features()), where
+    return _to_dataset(columns, where), where
+
+
+def _read_file(path, fmt, cfg, bad):
+    """One file -> (columns, number of rows, describe(row) -> where)."""
+    enc = cfg.encoding
+    if fmt in ("csv", "tsv"):
+        keep_str = {mapped_columns(cfg).get(c, c) for c in STRING_COLUMNS}
+        tsv = fmt == "tsv"
+        return readers.read_csv(path, tsv, _delimiter(cfg, tsv), keep_str, bad, enc)
+    if fmt == "conll":
+        columns = cfg.token_column, cfg.tag_column
+        return readers.read_conll(path, *columns, bad, enc)
+    if fmt == "squad":
+        return squad.read_squad(path, readers.load_json_document(path, enc), bad)
+    if fmt == "json":
+        document = readers.json_document(path, enc)
+        if squad.is_squad(document):
+            return squad.read_squad(path, document, bad)
+        if isinstance(document, list):
+            return readers.read_records(path, document, bad)
+    return readers.read_jsonl(path, bad, enc)
+
+
+def _join_columns(parts):
+    names = list(dict.fromkeys(name for part in parts for name in part))
+    columns = {name: [] for name in names}
+    for part in parts:
+        n = len(next(iter(part.values()))) if part else 0
+        for name in names:
+            columns[name] += part.get(name, [None] * n)
+    return columns if names else {}
+
+
+def _to_dataset(columns, where):
+    """Python columns -> Dataset; a column that mixes kinds of values is named at its row."""
+    import pyarrow as pa
+    from datasets import Dataset
+
+    try:
+        return Dataset.from_dict(columns)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        for name, values in columns.items():
+            kinds = [type(v) for v in values]
+            first = next((k for k in kinds if k is not type(None)), None)
+            odd = next((i for i, k in enumerate(kinds) if k not in (first, type(None))), None)
+            if odd is not None:
+                raise LmlabError(
+                    f"{where(odd)}: column {name!r} holds a {kinds[odd].__name__} here but "
+                    f"a {first.__name__} in earlier rows"
+                ) from None
+        raise
