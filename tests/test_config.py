@@ -10,6 +10,7 @@ from hydra.errors import ConfigCompositionException, OverrideParseException
 from omegaconf import OmegaConf
 
 from lmlab import config as lmconfig
+from lmlab import resolvers
 from lmlab.build import compose, resolve
 from lmlab.errors import LmlabError
 
@@ -216,25 +217,25 @@ def test_validate_reads_model_type_of_a_local_directory(tmp_path):
 
 def test_run_dir_is_a_hash_of_the_overrides(tmp_path):
     out = str(tmp_path)
-    first = lmconfig._run_dir(out, "exp", "a=1,b=2")
+    first = resolvers._run_dir(out, "exp", "a=1,b=2")
     assert Path(first).parent == tmp_path / "exp"
     assert len(Path(first).name) == 8
     int(Path(first).name, 16)  # hex
-    assert lmconfig._run_dir(out, "exp", "a=1,b=2") == first
-    assert lmconfig._run_dir(out, "exp", "a=1,b=3") != first
-    assert Path(lmconfig._run_dir(out, "other", "a=1,b=2")).name == Path(first).name
+    assert resolvers._run_dir(out, "exp", "a=1,b=2") == first
+    assert resolvers._run_dir(out, "exp", "a=1,b=3") != first
+    assert Path(resolvers._run_dir(out, "other", "a=1,b=2")).name == Path(first).name
     assert not Path(first).exists()  # resolving creates nothing
 
 
 def test_finished_run_dir_is_never_reused(tmp_path):
     out = str(tmp_path)
-    first = lmconfig._run_dir(out, "exp", "x=1")
+    first = resolvers._run_dir(out, "exp", "x=1")
     Path(first).mkdir(parents=True)
     (Path(first) / "config.yaml").write_text("unfinished run\n")
-    assert lmconfig._run_dir(out, "exp", "x=1") == first  # unfinished: resumed in place
+    assert resolvers._run_dir(out, "exp", "x=1") == first  # unfinished: resumed in place
     (Path(first) / "metrics.json").write_text("{}")
-    second = lmconfig._run_dir(out, "exp", "x=1")
+    second = resolvers._run_dir(out, "exp", "x=1")
     assert second == f"{first}-1"
     Path(second).mkdir()
     (Path(second) / "metrics.json").write_text("{}")
-    assert lmconfig._run_dir(out, "exp", "x=1") == f"{first}-2"
+    assert resolvers._run_dir(out, "exp", "x=1") == f"{first}-2"

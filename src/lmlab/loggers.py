@@ -4,7 +4,8 @@ All of them write inside the run dir, except MLflow, whose store is shared by ev
 paths.output_dir so that one `mlflow ui` shows them together. wandb and MLflow know a run by
 the id in <run dir>/tracking_id, so re-running the same command (which resumes the run dir)
 continues the same tracked run. The jobs of one multirun are grouped: wandb group and MLflow
-experiment '<name>/<sweep dir name>'; TensorBoard logs live in each job dir under the sweep dir.
+experiment '<name>/<sweep dir name>', each job named by the overrides its sweep varies
+(lmlab.records.swept_keys); TensorBoard logs live in each job dir under the sweep dir.
 Every logger gets the same hyperparameters from TaskModule.on_fit_start (`log_hyperparams`).
 """
 
@@ -30,7 +31,9 @@ from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
+from lmlab import records
 from lmlab.errors import LmlabError
+from lmlab.fileutil import write_new
 
 # ---------------------------------------------------------------- hyperparameters
 
@@ -104,19 +107,9 @@ def run_labels(base: str, run_dir: str) -> tuple[str, str]:
 
 
 def swept_overrides(job) -> list[str]:
-    """The overrides of this multirun job that the sweep varies: the sweeper's params (Optuna,
-    hydra.sweeper.params), and the keys the command line swept (seed=1,2), read from the sweep's
-    <sweep dir>/multirun.yaml (basic sweeper)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parser = OverridesParser.create()
-    swept = set(OmegaConf.select(job, "sweeper.params") or {})
-    sweep_file = Path(job.sweep.dir) / "multirun.yaml"
-    if sweep_file.is_file():
-        command = list(OmegaConf.load(sweep_file).hydra.overrides.task)
-        swept |= {o.key_or_group for o in parser.parse_overrides(command) if o.is_sweep_override()}
-    own = list(job.overrides.task)
-    return [text for text, o in zip(own, parser.parse_overrides(own)) if o.key_or_group in swept]
+    """The overrides of this multirun job that the sweep varies (records.swept_keys)."""
+    keys = records.swept_keys(Path(job.sweep.dir), OmegaConf.select(job, "sweeper.params") or {})
+    return records.overrides_of(job.overrides.task, keys)
 
 
 def tracking_id(run_dir: str) -> str:
@@ -126,14 +119,7 @@ def tracking_id(run_dir: str) -> str:
     path = Path(run_dir) / "tracking_id"
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
-        draft = path.with_name(f".tracking_id.{os.getpid()}")
-        draft.write_text(secrets.token_hex(6) + "\n")
-        try:
-            os.link(draft, path)  # atomic: of processes starting together (DDP), one id wins
-        except FileExistsError:
-            pass
-        finally:
-            draft.unlink()
+        write_new(path, secrets.token_hex(6) + "\n")  # of processes starting together, one wins
     return path.read_text().strip()
 
 

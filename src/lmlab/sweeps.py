@@ -1,16 +1,16 @@
-"""Sweeps (lmlab-train -m): each job's status.json, failed jobs that do not end the sweep,
-and the summary printed when a sweep ends (failed jobs, Optuna's best parameters).
+"""Sweeps (lmlab-train -m): writing each job's status.json, failed jobs that do not end the
+sweep, and the summary printed when a sweep ends (failed jobs, Optuna's best parameters).
 
 A job of a multirun never calls sys.exit: it writes status.json and raises JobFailed, which
 Hydra records as a failed JobReturn while the other jobs go on. The SweepSummary callback
 remembers the sweep dir, so that lmlab-train can list the failed jobs once Hydra is done,
-whichever launcher ran them (in this process, joblib workers, submitit jobs). Imports no
-torch: it runs at start-up.
+whichever launcher ran them (in this process, joblib workers, submitit jobs). The record
+itself (status.json's schema, reading, a sweep's jobs, what tells them apart) is
+lmlab.records'. Imports no torch: it runs at start-up.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import traceback
@@ -22,6 +22,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from lmlab import records
 from lmlab.errors import LmlabError
 
 _sweep_dirs: list[Path] = []  # filled by SweepSummary in the process that runs the sweeper
@@ -80,15 +81,9 @@ def write_status(cfg: DictConfig, value: float | None, error: BaseException | No
     if not run_dir or not is_rank_zero():
         return
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-    status = {
-        "status": "failed" if error is not None else "completed",
-        "error": error_line(error) if error is not None else None,
-        "optimized_metric": _select(cfg, "optimized_metric"),
-        "value": value,
-        "overrides": overrides,
-    }
-    Path(run_dir).mkdir(parents=True, exist_ok=True)
-    (Path(run_dir) / "status.json").write_text(json.dumps(status, indent=2) + "\n")
+    line = error_line(error) if error is not None else None
+    optimized_metric = _select(cfg, "optimized_metric")
+    records.write_status(run_dir, records.status_record(line, optimized_metric, value, overrides))
 
 
 def job_failed(error: BaseException) -> JobFailed:
@@ -118,32 +113,15 @@ def optimized_value(metrics: dict, name: str | None) -> float | None:
 # ---------------------------------------------------------------- after the sweep
 
 
-def read_statuses(sweep: Path) -> dict[int, dict | None]:
-    """Job number -> its status.json (None: the job never wrote one, e.g. it was killed)."""
-    jobs = {}
-    for job_dir in sweep.iterdir():
-        if job_dir.is_dir() and job_dir.name.isdigit():
-            status_file = job_dir / "status.json"
-            jobs[int(job_dir.name)] = (
-                json.loads(status_file.read_text()) if status_file.is_file() else None
-            )
-    return dict(sorted(jobs.items()))
-
-
-def varying_overrides(statuses: dict[int, dict | None]) -> dict[int, list[str]]:
-    """Each job's overrides less those every job shares: what tells the jobs apart."""
-    overrides = {num: status["overrides"] for num, status in statuses.items() if status}
-    shared = set.intersection(*map(set, overrides.values())) if len(overrides) > 1 else set()
-    return {num: [o for o in found if o not in shared] for num, found in overrides.items()}
-
-
 def failure_lines(statuses: dict[int, dict | None]) -> list[str]:
-    varying = varying_overrides(statuses)
+    varying = records.varying_overrides(
+        {num: status["overrides"] for num, status in statuses.items() if status}
+    )
     lines = []
     for num, status in statuses.items():
         if status is None:
             lines.append(f"job {num}: no status.json (killed, or ended outside lmlab-train)")
-        elif status["status"] != "completed":
+        elif status["status"] != records.COMPLETED:
             label = f"job {num} ({' '.join(varying[num])})" if varying[num] else f"job {num}"
             lines.append(f"{label}: {status['error']}")
     return lines
@@ -173,7 +151,7 @@ def best_lines(sweep: Path, statuses: dict[int, dict | None]) -> list[str]:
 def summarize(sweep: Path) -> int:
     """Prints the best parameters (Optuna) and one line per failed job; returns the exit
     status of the sweep: 1 when a job failed, else 0."""
-    statuses = read_statuses(sweep) if sweep.is_dir() else {}
+    statuses = records.read_statuses(sweep) if sweep.is_dir() else {}
     for line in best_lines(sweep, statuses):
         print(line)
     failures = failure_lines(statuses)

@@ -1,0 +1,255 @@
+"""Reading and ranking the jobs of a sweep for lmlab-report, from the files alone.
+
+Each job: overrides (.hydra/overrides.yaml), final metrics (metrics.json, else the last values
+of metrics.csv), status (status.json, through lmlab.records). What to rank by is a Target (a
+metric and a direction): --metric/--mode, else the jobs' optimized_metric or
+objective.monitor, with the direction of the Optuna sweeper, objective.monitor_mode, or a
+guess from the metric's name. Completed jobs rank first, then incomplete ones, failed last.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lmlab import records
+from lmlab.errors import LmlabError
+from lmlab.records import COMPLETED, FAILED, INCOMPLETE
+
+STATUS_ORDER = {COMPLETED: 0, INCOMPLETE: 1, FAILED: 2}
+NO_RECORD = "no status.json or metrics.json: still running, or killed"
+
+
+@dataclass
+class Job:
+    num: int
+    path: Path
+    overrides: list[str]
+    status: str
+    error: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)  # final (or last logged) values
+    curve_rows: list[dict[str, float]] = field(default_factory=list)  # metrics.csv, parsed
+
+    def override_values(self) -> dict[str, str]:
+        """key -> value; `+key=v` and `++key=v` set the same key as `key=v`."""
+        return records.override_values(self.overrides)
+
+
+@dataclass
+class Target:
+    """What the report ranks by: a metric and its direction."""
+
+    metric: str
+    mode: str  # min | max
+    source: str  # where metric and mode came from, shown in the report
+
+    def sort_value(self, value: float | None) -> float:
+        """Smaller is better; a job without the metric sorts after every job with it."""
+        if value is None or math.isnan(value):
+            return math.inf
+        return value if self.mode == "min" else -value
+
+
+# ---------------------------------------------------------------- reading the sweep
+
+
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    """The sweep's job dirs that Hydra started (they hold .hydra/overrides.yaml)."""
+    if not sweep_dir.is_dir():
+        raise LmlabError(f"{sweep_dir}: not a directory; expected a sweep (multirun) dir")
+    dirs = [d for d in records.job_dirs(sweep_dir) if (d / ".hydra" / "overrides.yaml").is_file()]
+    if not dirs:
+        raise LmlabError(
+            f"{sweep_dir}: not a sweep dir; expected numbered job dirs holding "
+            ".hydra/overrides.yaml (e.g. outputs/multirun/<name>/<timestamp>)"
+        )
+    return dirs
+
+
+def read_yaml(path: Path):
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise LmlabError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+
+
+def read_curve_rows(path: Path) -> list[dict[str, float]]:
+    """metrics.csv rows as {column: value}, empty cells left out (Lightning writes one row per
+    logging call, each filling only its own columns)."""
+    if not path.is_file():
+        return []
+    rows = []
+    with path.open(newline="") as f:
+        for row in csv.DictReader(f):
+            parsed = {}
+            for key, cell in row.items():
+                try:
+                    parsed[key] = float(cell)
+                except (TypeError, ValueError):
+                    continue  # empty cell, or a row cut short by a killed run
+            if "step" in parsed:
+                rows.append(parsed)
+    return rows
+
+
+def last_values(rows: list[dict[str, float]]) -> dict[str, float]:
+    """The last value logged for each metric, and the last step as global_step."""
+    last: dict[str, float] = {}
+    for row in rows:
+        last |= row
+    if "step" in last:
+        last["global_step"] = int(last.pop("step"))
+    last.pop("epoch", None)
+    return last
+
+
+def numeric(metrics: dict) -> dict[str, float]:
+    """metrics.json also holds an export path, samples and confusion matrices: keep numbers."""
+    return {
+        k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+
+
+def job_status(record: dict, final: dict | None) -> tuple[str, str]:
+    """(status, error) from status.json's record and whether metrics.json is there."""
+    status = record.get("status")
+    error = record.get("error") or ""
+    if status not in (COMPLETED, FAILED):  # no status.json (killed, or written by an old lmlab)
+        status = COMPLETED if final is not None else INCOMPLETE
+        error = "" if final is not None else error or NO_RECORD
+    if status == COMPLETED and final is None:
+        status, error = INCOMPLETE, "completed, but without metrics.json"
+    return status, error
+
+
+def read_job(path: Path) -> Job:
+    overrides = read_yaml(path / ".hydra" / "overrides.yaml") or []
+    rows = read_curve_rows(path / "metrics.csv")
+    final = records.read_json(path / "metrics.json")
+    try:
+        record = records.read_status(path) or {}
+    except LmlabError as e:  # cut short by a kill while it was written: as if absent
+        record = {"error": str(e)}
+    status, error = job_status(record, final)
+    metrics = numeric(final) if final is not None else last_values(rows)
+    metric_name, value = record.get("optimized_metric"), record.get("value")
+    if metric_name and isinstance(value, int | float) and metric_name not in metrics:
+        metrics[metric_name] = float(value)
+    return Job(int(path.name), path, [str(o) for o in overrides], status, error, metrics, rows)
+
+
+def read_jobs(sweep_dir: Path) -> list[Job]:
+    return [read_job(d) for d in job_dirs(sweep_dir)]
+
+
+def swept_params(jobs: list[Job]) -> list[str]:
+    """Override keys whose value differs between jobs (a key some jobs leave unset counts)."""
+    return records.varying_keys(job.overrides for job in jobs)
+
+
+# ---------------------------------------------------------------- what to rank by
+
+
+def job_config_value(jobs: list[Job], key: str) -> str | None:
+    """`key` (dotted) from the first job whose config holds it: config.yaml is the resolved
+    config lmlab ran; a job that failed before writing it still has Hydra's .hydra/config.yaml."""
+    from omegaconf import OmegaConf
+
+    for job in jobs:
+        for path in (job.path / "config.yaml", job.path / ".hydra" / "config.yaml"):
+            if not path.is_file():
+                continue
+            try:
+                value = OmegaConf.select(OmegaConf.load(path), key)
+            except Exception:  # an interpolation that needs Hydra's resolvers: try the next file
+                continue
+            if value is not None:
+                return str(value)
+    return None
+
+
+def optuna_direction(sweep_dir: Path) -> str | None:
+    """min | max from the Optuna sweeper's direction in multirun.yaml, if the sweep used it."""
+    path = sweep_dir / "multirun.yaml"
+    if not path.is_file():
+        return None
+    sweeper = ((read_yaml(path) or {}).get("hydra") or {}).get("sweeper") or {}
+    if "optuna" not in str(sweeper.get("_target_", "")).lower():
+        return None
+    direction = sweeper.get("direction")
+    if isinstance(direction, list):  # multi-objective: the report ranks by the first one
+        direction = direction[0] if direction else None
+    modes = {optuna: mode for mode, optuna in records.DIRECTIONS.items()}  # maximize -> max
+    return modes.get(str(direction).lower())
+
+
+def guess_mode(metric: str) -> str:
+    """min for losses and error rates (val/mlm_loss, test/wer), max for scores."""
+    words = set(re.split(r"[^a-z]+", metric.lower()))
+    return "min" if words & {"loss", "perplexity", "error", "wer", "cer"} else "max"
+
+
+def choose_metric(jobs: list[Job], metric: str | None) -> tuple[str, str]:
+    """(metric, where it came from): --metric, else optimized_metric, else objective.monitor."""
+    if metric:
+        return metric, "--metric"
+    if (optimized := job_config_value(jobs, "optimized_metric")) is not None:
+        return optimized, "optimized_metric"
+    if (monitor := job_config_value(jobs, "objective.monitor")) is not None:
+        return monitor, "objective.monitor"
+    raise LmlabError(
+        "--metric: the jobs' config.yaml name no optimized_metric or objective.monitor; "
+        "give --metric NAME (e.g. --metric val/loss)"
+    )
+
+
+def choose_mode(sweep_dir: Path, jobs: list[Job], metric: str, mode: str | None):
+    """(mode, where it came from): --mode, the Optuna sweeper's direction, the monitor's mode
+    (when ranking by the monitor), else a guess from the metric's name."""
+    if mode:
+        return mode, "--mode"
+    if direction := optuna_direction(sweep_dir):
+        return direction, "the Optuna sweeper's direction"
+    monitor = job_config_value(jobs, "objective.monitor")
+    if metric == monitor and (monitor_mode := job_config_value(jobs, "objective.monitor_mode")):
+        return monitor_mode, "objective.monitor_mode"
+    return guess_mode(metric), "guessed from the name; --mode sets it"
+
+
+def choose_target(
+    sweep_dir: Path, jobs: list[Job], metric: str | None = None, mode: str | None = None
+) -> Target:
+    metric, metric_source = choose_metric(jobs, metric)
+    names = sorted({k for job in jobs for k in job.metrics})
+    if names and metric not in names:  # (no names at all: every job failed before logging)
+        raise LmlabError(
+            f"--metric: {metric!r} is in no job's metrics; available: {', '.join(names)}"
+        )
+    mode, mode_source = choose_mode(sweep_dir, jobs, metric, mode)
+    return Target(metric, mode, f"{metric_source}, {mode_source}")
+
+
+# ---------------------------------------------------------------- ranking
+
+
+def rank(jobs: list[Job], target: Target) -> list[Job]:
+    """Completed jobs by the metric, then incomplete ones (partial values), then failed ones."""
+
+    def key(job: Job):
+        return STATUS_ORDER[job.status], target.sort_value(job.metrics.get(target.metric)), job.num
+
+    return sorted(jobs, key=key)
+
+
+def best_job(ranked: list[Job], target: Target) -> Job | None:
+    """The best completed job; partial values of unfinished jobs do not compete."""
+    for job in ranked:
+        value = job.metrics.get(target.metric)
+        if job.status == COMPLETED and value is not None and not math.isnan(value):
+            return job
+    return None
