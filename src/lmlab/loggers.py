@@ -33,7 +33,7 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from lmlab import records
 from lmlab.errors import LmlabError
-from lmlab.fileutil import write_new
+from lmlab.fileutil import write_file, write_new
 
 # ---------------------------------------------------------------- hyperparameters
 
@@ -128,8 +128,8 @@ def tracking_id(run_dir: str) -> str:
 
 class _ResumableWriter(ExperimentWriter):
     """Keeps an existing metrics.csv (a resumed run) where Lightning's writer deletes it.
-    Rows the interrupted run logged after its last checkpoint are dropped once the resumed
-    run logs those steps again."""
+    Rows the interrupted run logged after its last checkpoint are dropped (the file rewritten
+    atomically) once the resumed run logs those steps again."""
 
     def _check_log_dir_exists(self) -> None:
         self._resuming = self._fs.isfile(self.metrics_file_path)
@@ -142,11 +142,14 @@ class _ResumableWriter(ExperimentWriter):
                 reader = csv.DictReader(file)
                 rows = [r for r in reader if int(float(r["step"] or 0)) < first_step]
                 self.metrics_keys = list(reader.fieldnames or [])
-            with self._fs.open(self.metrics_file_path, "w", newline="") as file:
-                writer = csv.DictWriter(file, fieldnames=self.metrics_keys)
-                writer.writeheader()
-                writer.writerows(rows)
+            write_file(self.metrics_file_path, lambda tmp: self._write_rows(tmp, rows))
         super().save()
+
+    def _write_rows(self, path: Path, rows: list[dict]) -> None:
+        with path.open("w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=self.metrics_keys)
+            writer.writeheader()
+            writer.writerows(rows)
 
 
 class CSVLogger(LightningCSVLogger):
