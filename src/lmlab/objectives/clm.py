@@ -1,6 +1,7 @@
 """Causal language modelling (GPT): documents packed into full blocks with an end-of-text
 separator between them; labels are the inputs (the model shifts them). After training a
-sample is generated from `sample_prompt` (lmlab.objectives.generation) into samples.txt.
+sample is generated from `sample_prompt` (lmlab.objectives.generation) and written atomically
+(lmlab.fileutil) to samples.txt.
 
 `causal_lm_metrics` (the loss of a causal LM over its labelled next tokens) is shared with
 text generation and generative QA."""
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lmlab.fileutil import write_text
 from lmlab.objectives.base import IGNORE, Metrics, Objective, pack, perplexity
 
 
@@ -61,5 +63,5 @@ class CausalLM(Objective):
             min_new_tokens=new_tokens // 2,
         )
         sample = tok.decode(ids + new, skip_special_tokens=True)
-        Path(run_dir, "samples.txt").write_text(sample + "\n")
+        write_text(Path(run_dir, "samples.txt"), sample + "\n")
         return {"sample": sample}
