@@ -36,7 +36,7 @@ def tiny_wordpiece():
 
 @pytest.fixture(scope="session")
 def tiny_bpe():
-    """Byte-level BPE with <|endoftext|>, as `lmlab.tokenizers.train` returns it (no pad)."""
+    """Byte-level BPE with <|endoftext|>, as `tokenizers.train_tokenizer` returns it (no pad)."""
     from lmlab.tokenizers import train_tokenizer
 
     return train_tokenizer(TINY_CORPUS * 3, "bpe", 400)

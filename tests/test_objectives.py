@@ -760,7 +760,7 @@ def test_mlm_nsp_step_loss_is_mlm_plus_nsp(tiny_wordpiece):
 
 @pytest.fixture(scope="module")
 def gpt_tok(tmp_path_factory, tiny_corpus):
-    """The BPE tokenizer as a run gets it: through lmlab.tokenizers.build (pad = eos)."""
+    """The BPE tokenizer as a run gets it: through lmlab.tokenizers.load_or_train (pad = eos)."""
     from lmlab.tokenizers import load_or_train
 
     cfg = OmegaConf.structured(

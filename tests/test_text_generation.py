@@ -31,7 +31,7 @@ def cfg(prompts=("The",), **decoding):
 
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory, tiny_corpus):
-    """The BPE tokenizer as a run gets it: through lmlab.tokenizers.build (pad = eos)."""
+    """The BPE tokenizer as a run gets it: through lmlab.tokenizers.load_or_train (pad = eos)."""
     from lmlab.tokenizers import load_or_train
 
     model = ModelConfig(name="gpt", model_type="gpt2", tokenizer=TokenizerConfig(vocab_size=400))

@@ -15,6 +15,7 @@ import sys
 from omegaconf import DictConfig
 
 from lmlab.errors import LmlabError
+from lmlab.records import override_key
 
 SHARDED_STRATEGIES = ("fsdp", "deepspeed")  # split the model's state across GPUs
 # what Lightning's launcher sets in the environment of the process that starts the others
@@ -78,7 +79,7 @@ def hydra_child_command(local_rank: int) -> tuple[list[str], str]:
         "hydra.output_subdir": "null",
         "hydra/job_logging": "stdout",  # its messages on the console, not in a second log file
     }
-    kept = [o for o in hydra_cfg.overrides.hydra if o.partition("=")[0].lstrip("+~") not in child]
+    kept = [o for o in hydra_cfg.overrides.hydra if override_key(o) not in child]
     command += [*hydra_cfg.overrides.task, *kept, *(f"{k}={v}" for k, v in child.items())]
     return command, get_original_cwd()
 

@@ -17,6 +17,7 @@ from lmlab.objectives.base import IGNORE, Metrics, Objective
 from lmlab.objectives.clm import causal_lm_metrics
 from lmlab.objectives.generation import continue_prompts
 from lmlab.objectives.qa import REQUIRED_COLUMNS, answer_scores, qa_columns, qa_texts
+from lmlab.tokenizers import with_pad_token
 
 
 class GenerativeQA(Objective):
@@ -162,9 +163,8 @@ class GenerativeQA(Objective):
         return batch
 
     def pad_id(self) -> int:
-        """GPT tokenizers may have no pad token: pad with end-of-text (masked anyway)."""
-        pad = self.tokenizer.pad_token_id
-        return self.tokenizer.eos_token_id if pad is None else pad
+        """GPT tokenizers may have no pad token: lmlab's one fallback (end-of-text)."""
+        return with_pad_token(self.tokenizer).pad_token_id
 
     # -- model
     def step(self, model, batch) -> Metrics:
