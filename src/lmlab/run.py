@@ -111,14 +111,14 @@ def train(cfg: DictConfig) -> dict:
 def fit_and_export(exp: Experiment, trainer) -> dict:
     """train(), once the objects exist: every process of a multi-process run runs it."""
     from lmlab.export import save_pretrained
-    from lmlab.fileutil import write_json
+    from lmlab.fileutil import write_json, write_text
     from lmlab.loggers import close as close_loggers
 
     cfg = exp.config
     run_dir = Path(cfg.paths.run_dir)
     if trainer.is_global_zero:  # the other processes of a DDP run share rank zero's run dir
         run_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(cfg, run_dir / "config.yaml")
+        write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
     checkpoint = resume_checkpoint(cfg)
     if checkpoint:
         print(f"resuming from {checkpoint}", flush=True)
