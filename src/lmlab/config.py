@@ -20,6 +20,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from lmlab.config_checks import check_model_config, check_settings, init_defaults
 from lmlab.errors import LmlabError
 from lmlab.resolvers import register_resolvers
 
@@ -322,6 +323,13 @@ def hf_config_keys(model_type: str) -> frozenset[str] | None:
     return frozenset(_class_keys(source) | _class_keys(root / "configuration_utils.py"))
 
 
+@functools.lru_cache
+def hf_config_defaults(model_type: str) -> dict[str, Any]:
+    """The literal __init__ defaults of the Hugging Face config class of `model_type`."""
+    module = model_type.replace("-", "_")
+    return init_defaults(_transformers_root() / "models" / module / f"configuration_{module}.py")
+
+
 def pretrained_path(name_or_path: str | None) -> str | None:
     """An lmlab run dir stands for its export; anything else is returned as is."""
     if not name_or_path:
@@ -345,7 +353,8 @@ def _local_model_type(name_or_path: str | None) -> str | None:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Checks what the schemas cannot: architecture keys against the Hugging Face config class."""
+    """Checks what the schemas cannot: every setting's range (lmlab.config_checks), and
+    architecture keys and values against the Hugging Face config class."""
     required = [
         ("model.name_or_path", cfg.model.model_type == "auto", "a hub name or a local directory"),
         ("data.train", cfg.data.source == "files", "a file, directory or glob"),
@@ -354,6 +363,7 @@ def validate(cfg: DictConfig) -> None:
     for key, needed, what in required:
         if needed and OmegaConf.select(cfg, key) is None:
             raise LmlabError(f"{key}: required here; set it to {what} ({key}=...)")
+    check_settings(cfg)
     model = cfg.model
     model_type = _local_model_type(model.name_or_path) or model.model_type
     known = hf_config_keys(model_type)
@@ -363,6 +373,9 @@ def validate(cfg: DictConfig) -> None:
             f"model.config.{unknown[0]}: not a setting of the '{model_type}' Hugging Face config "
             f"(did you mean one of: {', '.join(_close(unknown[0], known))}?)"
         )
+    if known:
+        values = OmegaConf.to_container(model.config, resolve=True)
+        check_model_config(values, hf_config_defaults(model_type))
 
 
 def _close(key: str, known: set[str]) -> list[str]:

@@ -31,6 +31,17 @@ def expand_data_path(args: list[str]) -> list[str]:
     return out
 
 
+def check_start(args: list[str]) -> None:
+    """Composes and validates the command's config before Hydra runs it: a bad option, key
+    or value is one line, exit 2, and no run dir is made (lmlab.cli.precheck)."""
+    from lmlab.cli.precheck import check_command
+
+    try:
+        check_command(args)
+    except LmlabError as e:
+        fail(e)
+
+
 def fail(error: Exception) -> None:
     print(f"lmlab-train: error: {error}", file=sys.stderr)
     sys.exit(2)
@@ -73,6 +84,7 @@ def run(cfg: DictConfig) -> float | None:
 
 def main() -> None:
     sys.argv = [sys.argv[0], *expand_data_path(sys.argv[1:])]
+    check_start(sys.argv[1:])
     code = 0
     try:
         hydra.main(config_path=str(config_dir()), config_name="train", version_base="1.3")(run)()

@@ -1,0 +1,150 @@
+"""Checks a lmlab-train command line before Hydra runs it: the config is composed (and, for a
+single run, validated) here, so that a wrong option, key or value is one `LmlabError` line,
+exit 2, before Hydra prints its multi-line message or creates a run dir.
+
+`check_command(args)` is called by lmlab.cli.train.main; it imports only Hydra and the schemas.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+
+from omegaconf.errors import OmegaConfBaseException
+
+from lmlab.config import config_dir, validate
+from lmlab.errors import LmlabError
+
+# Hydra flags after which no config is composed (or a config path we cannot mirror)
+_SKIP = ("--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc")
+_SKIP += ("--config-path", "-cp", "--experimental-rerun")
+
+
+def check_command(args: list[str]) -> None:
+    """Raises LmlabError for a command whose config cannot be composed or is invalid."""
+    from hydra._internal.utils import get_args_parser
+
+    if any(a.split("=")[0] in _SKIP for a in args):
+        return
+    try:
+        parsed = get_args_parser().parse_args(args)
+    except SystemExit:  # argparse has printed its usage line
+        raise
+    overrides = list(parsed.overrides)
+    if parsed.config_dir:
+        overrides.append(f"hydra.searchpath=[file://{parsed.config_dir}]")
+    if parsed.multirun:
+        overrides = _first_job(overrides)
+    cfg = compose_or_explain(overrides, parsed.config_name or "train")
+    if not parsed.multirun and not parsed.cfg:
+        validate(cfg)
+
+
+def _first_job(overrides: list[str]) -> list[str]:
+    """A sweep's overrides with each swept key at its first value (each job is validated when
+    the sweep starts: lmlab.sweeps)."""
+    out = []
+    for override in _parse(overrides):
+        if not override.is_sweep_override():
+            out.append(override.input_line)
+            continue
+        try:
+            first = next(iter(override.sweep_string_iterator()))
+        except Exception:  # an interval or other search space: the sweeper's to draw
+            continue
+        out.append(f"{override.get_key_element()}={first}")
+    return out
+
+
+def _parse(overrides: list[str]):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    try:
+        return OverridesParser.create().parse_overrides(overrides)
+    except OverrideParseException as e:
+        raise LmlabError(_parse_message(e)) from None
+
+
+def _parse_message(e) -> str:
+    first = str(e.message).splitlines()[0]
+    return f"{e.override}: cannot be parsed ({first}); expected key=value, e.g. objective.lr=1e-4"
+
+
+def compose_or_explain(overrides: list[str], config_name: str = "train"):
+    """hydra.compose, each of its errors turned into one line naming the key or option."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import MissingConfigException, OverrideParseException
+
+    try:
+        with initialize_config_dir(str(config_dir()), version_base="1.3"):
+            return compose(config_name, overrides=overrides)
+    except OverrideParseException as e:
+        raise LmlabError(_parse_message(e)) from None
+    except MissingConfigException as e:
+        raise LmlabError(_missing_message(e, overrides)) from None
+    except LmlabError:
+        raise
+    except Exception as e:
+        raise LmlabError(_composition_message(e, overrides)) from None
+
+
+def _missing_message(e, overrides: list[str]) -> str:
+    missing = e.missing_cfg_file or ""
+    if "/" not in missing:  # the primary config
+        return f"--config-name {missing}: no such config in {config_dir()}"
+    group, _, option = missing.rpartition("/")
+    options = [o for o in e.options or [] if not o.endswith("_schema")]
+    if group == "data" and set(".*?/") & set(option):
+        return (
+            f"data={option}: no such file, directory or glob (nor a data preset: "
+            f"{', '.join(options)})"
+        )
+    near = difflib.get_close_matches(option, options, n=1)
+    hint = f" (did you mean {group}={near[0]}?)" if near else ""
+    return f"{group}={option}: no such option{hint}; expected one of: {', '.join(options)}"
+
+
+def _composition_message(e: Exception, overrides: list[str]) -> str:
+    cause = e.__cause__ or e.__context__ or e
+    text = str(e)
+    yaml_place = re.findall(r'in "([^"]+)", line (\d+), column (\d+)', text)
+    if yaml_place:  # a YAML syntax error in a config file
+        path, line, col = yaml_place[-1]
+        problem = text.splitlines()[-2] if len(text.splitlines()) > 1 else text
+        return f"{path}:{line}:{col}: YAML syntax error ({problem.strip()})"
+    key = getattr(cause, "full_key", None)
+    if not isinstance(cause, OmegaConfBaseException) or not key:
+        return f"config: {text.splitlines()[0] if text else type(e).__name__}"
+    message = str(getattr(cause, "msg", cause)).splitlines()[0]
+    within = re.match(r"In '([^']+)':", text)
+    if "not in" in message or "is not in struct" in message:
+        return _unknown_key(key, within.group(1) if within else None, text)
+    value = next((o.split("=", 1)[1] for o in overrides if o.split("=")[0] == key), None)
+    got = f", got {value!r}" if value is not None else ""
+    return f"{key}: {_type_expected(message)}{got}"
+
+
+def _type_expected(message: str) -> str:
+    kind = re.search(r"converted to (\w+)", message)
+    if kind:
+        return f"expected a{'n' if kind.group(1)[0] in 'IE' else ''} {kind.group(1).lower()}"
+    return message
+
+
+def _unknown_key(key: str, within: str | None, text: str) -> str:
+    if within and within != "train":  # set by a config file, e.g. an experiment
+        return (
+            f"{key}: set by {within}.yaml, but not a setting of the chosen "
+            f"{key.split('.')[0]}; {within} was written for another {key.split('.')[0]} "
+            f"(drop the {key.split('.')[0]}= override, or pick a {within.split('/')[0]} for it)"
+        )
+    parent, _, leaf = key.rpartition(".")
+    if parent == "model":
+        return (
+            f"{key}: not a key of model; architecture settings go under model.config "
+            f"(model.config.{leaf}=...)"
+        )
+    if "+" + key in text or "To append" in text:
+        return f"{key}: no such key; to add a new key use +{key}=..."
+    return f"{key}: no such key"
