@@ -48,6 +48,36 @@ class TaskModule(pl.LightningModule):
 
         log_hyperparams(self.loggers, self.hparams["config"], self.model)
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """What Lightning leaves out of a checkpoint but decides the rest of the training: the
+        RNG states (dropout; Python, NumPy, torch, CUDA) and, saved mid gradient accumulation,
+        the gradients accumulated so far."""
+        from lmlab.checkpointing import rng_states
+
+        checkpoint["lmlab_rng_states"] = rng_states()
+        if self._trainer is not None and self.trainer.fit_loop._should_accumulate():
+            grads = {n: p.grad for n, p in self.named_parameters() if p.grad is not None}
+            checkpoint["lmlab_accumulated_grads"] = grads
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Kept until training starts again (on_train_start): the sanity check and the
+        loaders are set up in between."""
+        self._resume_state = {
+            k: checkpoint[k]
+            for k in ("lmlab_rng_states", "lmlab_accumulated_grads")
+            if k in checkpoint
+        }
+
+    def on_train_start(self) -> None:
+        from lmlab.checkpointing import set_rng_states
+
+        state, self._resume_state = getattr(self, "_resume_state", {}), {}
+        if "lmlab_rng_states" in state:
+            set_rng_states(state["lmlab_rng_states"])
+        parameters = dict(self.named_parameters())
+        for name, grad in state.get("lmlab_accumulated_grads", {}).items():
+            parameters[name].grad = grad.to(parameters[name].device)
+
     def _log_batch(self, results, stage: str) -> None:
         for name, (value, weight) in results.items():
             if stage == "train":  # per step; the loss as optimised, the rest for monitoring

@@ -57,24 +57,44 @@ class DataModule(pl.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool, by_length: bool = False) -> DataLoader:
         """Training: shuffled, in batches of similar lengths if data.group_by_length (less
-        padding). Evaluation (`by_length`): longest first, for the same reason; metrics are
-        those of any order (masks drawn per batch, as MLM's, change with the batches)."""
+        padding), resumable mid-epoch (ResumableSampler). Evaluation (`by_length`): longest
+        first, for the same reason; metrics are those of any order (masks drawn per batch, as
+        MLM's, change with the batches). No loader draws from the global RNGs (dropout's)."""
         data = self.splits[split]
         size = self.cfg.batch_size if shuffle else (self.cfg.eval_batch_size or self.cfg.batch_size)
-        sampler = None
-        if shuffle and self.cfg.group_by_length:
-            sampler = LengthGroupedSampler(lengths(data), size, self.objective.seed)
-        elif by_length:
-            sampler = (-lengths(data)).argsort(kind="stable").tolist()
-        return DataLoader(
-            data,
-            batch_size=size,
-            shuffle=shuffle and sampler is None,
-            sampler=sampler,
-            collate_fn=self.objective.collate if shuffle else self._fixed_collate,
-            num_workers=self.cfg.num_workers,
-            persistent_workers=self.cfg.num_workers > 0,
-        )
+        seed = self.objective.seed
+        settings = {
+            "batch_size": size,
+            "num_workers": self.cfg.num_workers,
+            "persistent_workers": self.cfg.num_workers > 0,
+            "generator": torch.Generator().manual_seed(seed),  # the workers' base seed
+        }
+        if shuffle:
+            grouped = lengths(data) if self.cfg.group_by_length else None
+            sampler = ResumableSampler(len(data), size, seed, grouped)
+            return ResumableLoader(
+                Keyed(data), sampler=sampler, collate_fn=self._seeded_collate,
+                position=self._train_position, **settings,
+            )  # fmt: skip
+        order = (-lengths(data)).argsort(kind="stable").tolist() if by_length else None
+        return DataLoader(data, sampler=order, collate_fn=self._fixed_collate, **settings)
+
+    def _seeded_collate(self, rows):
+        """Training batches: the objective's random choices (MLM masks, ...) are drawn from a
+        seed of (data seed, epoch, batch number), the same in any process and after a resume."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(rows.seed)
+            return self.objective.collate(list(rows))
+
+    def _train_position(self) -> dict:
+        """Where training stands in the epoch, from Lightning's own progress counters."""
+        trainer = self.trainer
+        loop = trainer.fit_loop
+        return {
+            "epoch": loop.epoch_progress.current.processed,
+            "batches": loop.epoch_loop.batch_progress.current.processed,
+            "epoch_batches": trainer.num_training_batches,
+        }
 
     def _fixed_collate(self, features):
         """Evaluation batches get the same random choices (masks) every time, seeded by their
@@ -134,3 +154,91 @@ class LengthGroupedSampler(Sampler[int]):
         last = [batches.pop()] if len(batches[-1]) < self.batch_size else []
         shuffled = [batches[i] for i in rng.permutation(len(batches))] + last
         return iter(np.concatenate(shuffled).tolist())
+
+
+def batch_seed(seed: int, epoch: int, batch: int) -> int:
+    return zlib.crc32(f"{seed}:{epoch}:{batch}".encode())
+
+
+class Rows(list):
+    """The rows of one training batch and the seed of its random choices."""
+
+    def __init__(self, rows, seed: int):
+        super().__init__(rows)
+        self.seed = seed
+
+
+class Keyed(torch.utils.data.Dataset):
+    """A dataset read by ResumableSampler's keys, (row index, batch seed)."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, key):
+        return self.data[key[0]]
+
+    def __getitems__(self, keys: list) -> Rows:
+        return Rows(self.data.__getitems__([k[0] for k in keys]), keys[0][1] if keys else 0)
+
+
+class ResumableSampler(Sampler[tuple[int, int]]):
+    """The training order of an epoch, a function of (seed, epoch) alone: a permutation, or
+    LengthGroupedSampler's order when `lengths` are given. Yields (row index, batch seed).
+    `skip` batches are left out of the next pass (a run resumed mid-epoch); set_epoch to
+    another epoch clears it."""
+
+    def __init__(self, size: int, batch_size: int, seed: int, lengths: np.ndarray | None = None):
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.grouped = None if lengths is None else LengthGroupedSampler(lengths, batch_size, seed)
+        self.epoch, self.skip = 0, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.skip = 0
+        self.epoch = epoch
+
+    def order(self) -> list[int]:
+        if self.grouped is not None:
+            self.grouped.set_epoch(self.epoch)
+            return list(self.grouped)
+        return np.random.default_rng([self.seed, self.epoch]).permutation(self.size).tolist()
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        epoch, start = self.epoch, self.skip * self.batch_size
+        self.skip = 0
+        for position, index in enumerate(self.order()[start:], start):
+            yield index, batch_seed(self.seed, epoch, position // self.batch_size)
+
+    def resume_at(self, epoch: int, batches: int, epoch_batches: float) -> None:
+        """The next pass starts after `batches` batches of `epoch` (of `epoch_batches`)."""
+        if batches >= epoch_batches:  # saved at the end of an epoch: the next one begins
+            epoch, batches = epoch + 1, 0
+        self.epoch, self.skip = epoch, batches
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader whose position Lightning saves in checkpoints (state_dict) and restores
+    before iterating again (load_state_dict): `position()` says where training stands."""
+
+    def __init__(self, *args, position=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.position = position
+
+    def _resumable(self) -> ResumableSampler | None:
+        sampler = self.sampler  # under DDP, Lightning's wrapper of ours
+        sampler = getattr(getattr(sampler, "dataset", None), "_sampler", sampler)
+        return sampler if isinstance(sampler, ResumableSampler) else None
+
+    def state_dict(self) -> dict:
+        return dict(self.position()) if self.position and self._resumable() else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        sampler = self._resumable()
+        if sampler is not None and state:
+            sampler.resume_at(state["epoch"], state["batches"], state["epoch_batches"])
