@@ -22,14 +22,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from lmlab.errors import LmlabError
 from lmlab.experiment import Data, Experiment, build_experiment, instantiate_plain, load_data
-from lmlab.interrupts import catch_signals
 from lmlab.processes import (
     check_processes,
     launch_children_as_this_job,
     own_processes,
     whole_model,
 )
-from lmlab.runlock import hold as hold_run_dir
 from lmlab.stored import Stored, locate, run_config
 
 # ---------------------------------------------------------------- the Trainer
@@ -108,14 +106,10 @@ def train(cfg: DictConfig) -> dict:
     if not cfg.paths.run_dir:
         raise LmlabError("paths.run_dir: not set (from Python: compose(..., run_dir=...))")
     check_processes(cfg.trainer)
-    # one writer per run dir; a signal saves a checkpoint at this step and stops (Interrupted)
-    with hold_run_dir(cfg.paths.run_dir), catch_signals(cfg) as signals:
-        exp = build_experiment(cfg)
-        trainer = make_trainer(exp.config)
-        if signals is not None:
-            signals.watch(trainer)
-        with own_processes(trainer):
-            return fit_and_export(exp, trainer)
+    exp = build_experiment(cfg)
+    trainer = make_trainer(exp.config)
+    with own_processes(trainer):
+        return fit_and_export(exp, trainer)
 
 
 def fit_and_export(exp: Experiment, trainer) -> dict:
@@ -224,10 +218,9 @@ def load(
 def load_model(stored: Stored, cfg: DictConfig, device: str = "cpu", data: Data | None = None):
     """`stored`'s model and objective under `cfg`. A checkpoint's model is rebuilt as its
     run built it, from `data` where that is the run's own data, else loading it."""
-    from lmlab.stored import objective_class as lmlab_objective
+    from hydra.utils import get_class
 
-    # never get_class/instantiate: the target may come from the stored file
-    objective_class = lmlab_objective(cfg.objective.get("_target_"), stored.path)
+    objective_class = get_class(cfg.objective._target_)
     if stored.export is not None:
         model, tokenizer = _from_export(stored.export, objective_class.head)
     else:
@@ -240,17 +233,11 @@ def load_model(stored: Stored, cfg: DictConfig, device: str = "cpu", data: Data 
 def _from_export(export: Path, head: str):
     import transformers
 
-    from lmlab.models import custom_code
     from lmlab.tokenizers import with_pad_token
 
-    if where := custom_code(export):
-        raise LmlabError(
-            f"{export}: its {where} names Python code of its own (auto_map); lmlab runs none "
-            "from an export"
-        )
-    try:  # trust_remote_code=False: never run (or ask to run) Python that came with it
-        model = getattr(transformers, head).from_pretrained(str(export), trust_remote_code=False)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(str(export), trust_remote_code=False)
+    try:
+        model = getattr(transformers, head).from_pretrained(str(export))
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(export))
     except (OSError, ValueError) as e:
         reason = str(e).strip().splitlines()[0]
         raise LmlabError(f"{export}: cannot load it as {head}: {reason}") from None
@@ -260,15 +247,13 @@ def _from_export(export: Path, head: str):
 def _from_checkpoint(stored: Stored, cfg: DictConfig, data: Data | None):
     """Rebuilds the model as training built it (tokenizer from the training data, label set
     from `prepare`), then loads the checkpoint's weights."""
-    from lmlab.stored import read_checkpoint
+    import torch
 
-    trained = OmegaConf.create(stored.trained)  # data only: stored.locate checked it
+    trained = OmegaConf.create(stored.trained)
     trained.paths.cache_dir = cfg.paths.cache_dir
     trained.paths.run_dir = cfg.paths.run_dir
-    if cfg.model.config.get("trust_remote_code"):  # given on the command line
-        trained.model.config.trust_remote_code = True
     exp = build_experiment(trained, data)
-    state = read_checkpoint(stored.path)["state_dict"]
+    state = torch.load(stored.path, map_location="cpu", weights_only=True)["state_dict"]
     exp.module.load_state_dict(state)
     return exp.model, exp.tokenizer
 
