@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from lmlab.errors import LmlabError
 from lmlab.fileutil import write_dir, write_json
 
 TASK_FILE = "lmlab.json"  # the objective and its settings, for lmlab-eval / lmlab-predict
@@ -16,7 +17,13 @@ def pretrained_from_scratch(name_or_path: str | Path | None) -> bool:
     task = Path(name_or_path or "").expanduser() / TASK_FILE
     if not name_or_path or not task.is_file():
         return False
-    return json.loads(task.read_text()).get("from_scratch", True)  # older exports: no key
+    try:  # read as data: nothing in it is imported or run
+        info = json.loads(task.read_text())
+    except ValueError as e:
+        raise LmlabError(f"{task}: not valid JSON ({e})") from None
+    if not isinstance(info, dict):
+        raise LmlabError(f"{task}: expected a JSON object")
+    return bool(info.get("from_scratch", True))  # older exports: no key
 
 
 def save_pretrained(model, tokenizer, run_dir: str | Path, task: dict | None = None) -> Path:

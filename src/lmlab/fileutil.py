@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -65,7 +64,9 @@ def write_dir(path: str | Path, write: Callable[[Path], None], replace: bool = F
     `replace`, when another process got there first, its folder is kept and ours dropped."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp"))
+    # made as any folder of the user's is (0777 less the umask), not 0700 as mkdtemp makes it
+    tmp = path.parent / f".{path.name}.tmp{os.getpid()}-{os.urandom(4).hex()}"
+    tmp.mkdir()
     try:
         write(tmp)
         if replace:

@@ -5,6 +5,10 @@ rescale_embeddings adjust a model's config or starting weights."""
 
 from __future__ import annotations
 
+import json
+import sys
+from pathlib import Path
+
 from lmlab.errors import LmlabError
 
 
@@ -15,26 +19,17 @@ def load_or_create(model_cfg, head: str, tokenizer, extra: dict | None = None):
 
     auto = getattr(transformers, head)
     settings = {**dict(model_cfg.config), **(extra or {})}
+    trust = bool(settings.pop("trust_remote_code", False))
     if model_cfg.name_or_path:
-        try:
-            config = transformers.AutoConfig.from_pretrained(model_cfg.name_or_path, **settings)
-            if config.pad_token_id is None:  # GPT-2's: batched sequence heads need one
-                config.pad_token_id = tokenizer.pad_token_id
-            set_attention_dropout(config, model_cfg.attention_dropout)
-            # a new task head (e.g. other labels) replaces the checkpoint's own
-            model, info = auto.from_pretrained(
-                model_cfg.name_or_path,
-                config=config,
-                ignore_mismatched_sizes=True,
-                output_loading_info=True,
+        check_code(model_cfg)
+        if trust:
+            print(
+                "lmlab: warning: model.config.trust_remote_code=true: transformers may run the "
+                f"Python code that comes with '{model_cfg.name_or_path}'",
+                file=sys.stderr,
+                flush=True,
             )
-            new = sorted({*info["missing_keys"], *(k for k, *_ in info["mismatched_keys"])})
-            return model.train(), new  # from_pretrained returns eval mode: dropout off
-        except (OSError, ValueError, RuntimeError) as e:
-            reason = str(e).strip().splitlines()[0]
-            raise LmlabError(
-                f"model.name_or_path: cannot load '{model_cfg.name_or_path}' as {head}: {reason}"
-            ) from None
+        return _from_pretrained(model_cfg, auto, head, tokenizer, settings, trust)
     specials = {
         "vocab_size": len(tokenizer),
         "pad_token_id": tokenizer.pad_token_id,
@@ -51,6 +46,66 @@ def load_or_create(model_cfg, head: str, tokenizer, extra: dict | None = None):
         raise LmlabError(
             f"model: cannot build a {head} for model_type '{model_cfg.model_type}': {e}"
         ) from e
+
+
+def _from_pretrained(model_cfg, auto, head: str, tokenizer, settings: dict, trust: bool):
+    import transformers
+
+    try:
+        config = transformers.AutoConfig.from_pretrained(
+            model_cfg.name_or_path, trust_remote_code=trust, **settings
+        )
+        if config.pad_token_id is None:  # GPT-2's: batched sequence heads need one
+            config.pad_token_id = tokenizer.pad_token_id
+        set_attention_dropout(config, model_cfg.attention_dropout)
+        # a new task head (e.g. other labels) replaces the checkpoint's own
+        model, info = auto.from_pretrained(
+            model_cfg.name_or_path,
+            config=config,
+            ignore_mismatched_sizes=True,
+            output_loading_info=True,
+            trust_remote_code=trust,
+        )
+        new = sorted({*info["missing_keys"], *(k for k, *_ in info["mismatched_keys"])})
+        return model.train(), new  # from_pretrained returns eval mode: dropout off
+    except (OSError, ValueError, RuntimeError) as e:
+        reason = str(e).strip().splitlines()[0]
+        raise LmlabError(
+            f"model.name_or_path: cannot load '{model_cfg.name_or_path}' as {head}: {reason}"
+        ) from None
+
+
+# the files in which a model directory can ask transformers to import its own Python
+CODE_FILES = ("config.json", "tokenizer_config.json", "preprocessor_config.json")
+
+
+def custom_code(folder) -> str | None:
+    """Which file of the local model directory `folder` names Python code of its own (an
+    auto_map, which transformers imports under trust_remote_code); None when none does or
+    `folder` is not a local directory."""
+    folder = Path(str(folder or "")).expanduser()
+    if not str(folder) or not folder.is_dir():
+        return None
+    for name in CODE_FILES:
+        try:
+            data = json.loads((folder / name).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and data.get("auto_map"):
+            return name
+    return None
+
+
+def check_code(model_cfg) -> None:
+    """model.name_or_path may bring its own Python only with model.config.trust_remote_code
+    (from the command line: a stored config never passes it on)."""
+    where = custom_code(model_cfg.name_or_path)
+    if where and not (model_cfg.get("config") or {}).get("trust_remote_code"):
+        raise LmlabError(
+            f"model.name_or_path: '{model_cfg.name_or_path}' comes with its own Python code "
+            f"(auto_map in its {where}), which lmlab does not run; if you trust it, add "
+            "++model.config.trust_remote_code=true to the command line"
+        )
 
 
 ATTENTION_DROPOUT_NAMES = ("attention_probs_dropout_prob", "attn_pdrop", "attention_dropout")

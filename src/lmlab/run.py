@@ -218,9 +218,10 @@ def load(
 def load_model(stored: Stored, cfg: DictConfig, device: str = "cpu", data: Data | None = None):
     """`stored`'s model and objective under `cfg`. A checkpoint's model is rebuilt as its
     run built it, from `data` where that is the run's own data, else loading it."""
-    from hydra.utils import get_class
+    from lmlab.stored import objective_class as lmlab_objective
 
-    objective_class = get_class(cfg.objective._target_)
+    # never get_class/instantiate: the target may come from the stored file
+    objective_class = lmlab_objective(cfg.objective.get("_target_"), stored.path)
     if stored.export is not None:
         model, tokenizer = _from_export(stored.export, objective_class.head)
     else:
@@ -233,11 +234,17 @@ def load_model(stored: Stored, cfg: DictConfig, device: str = "cpu", data: Data 
 def _from_export(export: Path, head: str):
     import transformers
 
+    from lmlab.models import custom_code
     from lmlab.tokenizers import with_pad_token
 
-    try:
-        model = getattr(transformers, head).from_pretrained(str(export))
-        tokenizer = transformers.AutoTokenizer.from_pretrained(str(export))
+    if where := custom_code(export):
+        raise LmlabError(
+            f"{export}: its {where} names Python code of its own (auto_map); lmlab runs none "
+            "from an export"
+        )
+    try:  # trust_remote_code=False: never run (or ask to run) Python that came with it
+        model = getattr(transformers, head).from_pretrained(str(export), trust_remote_code=False)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(export), trust_remote_code=False)
     except (OSError, ValueError) as e:
         reason = str(e).strip().splitlines()[0]
         raise LmlabError(f"{export}: cannot load it as {head}: {reason}") from None
@@ -247,13 +254,15 @@ def _from_export(export: Path, head: str):
 def _from_checkpoint(stored: Stored, cfg: DictConfig, data: Data | None):
     """Rebuilds the model as training built it (tokenizer from the training data, label set
     from `prepare`), then loads the checkpoint's weights."""
-    import torch
+    from lmlab.stored import read_checkpoint
 
-    trained = OmegaConf.create(stored.trained)
+    trained = OmegaConf.create(stored.trained)  # data only: stored.locate checked it
     trained.paths.cache_dir = cfg.paths.cache_dir
     trained.paths.run_dir = cfg.paths.run_dir
+    if cfg.model.config.get("trust_remote_code"):  # given on the command line
+        trained.model.config.trust_remote_code = True
     exp = build_experiment(trained, data)
-    state = torch.load(stored.path, map_location="cpu", weights_only=True)["state_dict"]
+    state = read_checkpoint(stored.path)["state_dict"]
     exp.module.load_state_dict(state)
     return exp.model, exp.tokenizer
 
