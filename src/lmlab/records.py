@@ -4,8 +4,11 @@ found, and which overrides tell the jobs of a sweep apart.
 status.json, written by every lmlab-train run (sweeps.write_status) and read by the end of
 a sweep (sweeps.summarize) and by lmlab-report:
 
-    {"status": "completed" | "failed", "error": one line or null,
+    {"status": "completed" | "failed" | "interrupted", "error": one line or null,
      "optimized_metric": name or null, "value": float or null, "overrides": [...]}
+
+An interrupted run (lmlab.interrupts: SIGTERM, Ctrl-C, SIGUSR1) adds "step": the global
+step of the checkpoint a re-run of the same command continues from.
 
 A sweep dir (Hydra's multirun dir) holds one numbered dir per job, and multirun.yaml (the
 basic sweeper) or optimization_results.yaml (Optuna). The optimisation direction of a sweep
@@ -25,6 +28,7 @@ from lmlab.fileutil import write_json
 STATUS_FILE = "status.json"
 COMPLETED, FAILED = "completed", "failed"  # the statuses a run writes
 INCOMPLETE = "incomplete"  # lmlab-report's name for a job that wrote neither (killed, running)
+INTERRUPTED = "interrupted"  # stopped by a signal, its checkpoint saved (lmlab.interrupts)
 
 DIRECTIONS = {"min": "minimize", "max": "maximize"}  # monitor_mode -> Optuna's direction
 

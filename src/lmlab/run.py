@@ -22,12 +22,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from lmlab.errors import LmlabError
 from lmlab.experiment import Data, Experiment, build_experiment, instantiate_plain, load_data
+from lmlab.interrupts import catch_signals
 from lmlab.processes import (
     check_processes,
     launch_children_as_this_job,
     own_processes,
     whole_model,
 )
+from lmlab.runlock import hold as hold_run_dir
 from lmlab.stored import Stored, locate, run_config
 
 # ---------------------------------------------------------------- the Trainer
@@ -106,10 +108,14 @@ def train(cfg: DictConfig) -> dict:
     if not cfg.paths.run_dir:
         raise LmlabError("paths.run_dir: not set (from Python: compose(..., run_dir=...))")
     check_processes(cfg.trainer)
-    exp = build_experiment(cfg)
-    trainer = make_trainer(exp.config)
-    with own_processes(trainer):
-        return fit_and_export(exp, trainer)
+    # one writer per run dir; a signal saves a checkpoint at this step and stops (Interrupted)
+    with hold_run_dir(cfg.paths.run_dir), catch_signals(cfg) as signals:
+        exp = build_experiment(cfg)
+        trainer = make_trainer(exp.config)
+        if signals is not None:
+            signals.watch(trainer)
+        with own_processes(trainer):
+            return fit_and_export(exp, trainer)
 
 
 def fit_and_export(exp: Experiment, trainer) -> dict:

@@ -7,6 +7,7 @@ torch, transformers and lightning are imported when a run starts.
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from omegaconf import DictConfig
 from lmlab import sweeps
 from lmlab.config import config_dir, validate
 from lmlab.errors import LmlabError
+from lmlab.interrupts import Interrupted, continue_line
+from lmlab.runlock import RunDirLocked
 
 
 def expand_data_path(args: list[str]) -> list[str]:
@@ -83,6 +86,7 @@ def run(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
+    command = list(sys.argv)  # as typed: the command that continues an interrupted run
     sys.argv = [sys.argv[0], *expand_data_path(sys.argv[1:])]
     check_start(sys.argv[1:])
     code = 0
@@ -90,6 +94,14 @@ def main() -> None:
         hydra.main(config_path=str(config_dir()), config_name="train", version_base="1.3")(run)()
     except SystemExit as e:  # Hydra's errors (1), fail() (2); also a sweep with a failed job (1)
         code = e.code
+    except Interrupted as e:  # SIGTERM, Ctrl-C, SIGUSR1: checkpoint and status.json written
+        print(continue_line(e, command), file=sys.stderr)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:  # Ctrl-C before the run had started: nothing to save
+        print("lmlab-train: interrupted before training started", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)
+    except RunDirLocked as e:  # the same command is running: this one touches nothing
+        fail(e)
     sweep_dir = sweeps.sweep_dir()
     if sweep_dir is not None:  # a multirun: every job has run; list the failed ones
         code = sweeps.summarize(sweep_dir) or code
