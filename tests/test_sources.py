@@ -459,7 +459,7 @@ def test_label_setting_errors(tmp_path):
     with pytest.raises(LmlabError, match=r"data\.labels: 'x' appears more than once"):
         load_source(make_cfg(train=ok, validation=ok, labels=["x", "y", "x"]), seed=0)
     mixed = write(tmp_path / "m.jsonl", '{"text": "a", "label": 1}\n{"text": "b", "label": "x"}\n')
-    with pytest.raises(LmlabError, match=r"m\.jsonl:2: column 'label' holds a str here but a int"):
+    with pytest.raises(LmlabError, match=r"m\.jsonl:2: column 'label' holds a string here but a number"):
         load_source(make_cfg(train=mixed, validation=mixed), seed=0)
 
 
@@ -668,7 +668,7 @@ def test_conll_tag_column_choice_and_given_tags(tmp_path):
     data, _ = load_source(make_cfg(train=train, validation=train, format="conll", labels=given), 0)
     assert data["train"].features["tags"].feature.names == given
     assert list(data["train"]["tags"]) == [[3, 0, 7], [1, 2], [5]]
-    with pytest.raises(LmlabError, match=r"t\.txt:3: tag 'B-MISC' not in the tag set"):
+    with pytest.raises(LmlabError, match=r"t\.txt:5: tag 'B-MISC' not in the tag set"):
         load_source(make_cfg(train=train, validation=train, format="conll", labels=given[:7]), 0)
 
 

@@ -140,7 +140,7 @@ def _labels(v) -> bool:
 
 
 def _monitor(v) -> bool:
-    return isinstance(v, str) and v.split("/")[0] in ("val", "train") and "/" in v
+    return isinstance(v, str) and v.startswith("val/") and len(v) > 4
 
 
 # key -> (check, what is expected); keys missing from a config are not checked
@@ -154,7 +154,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "objective.eps": (positive, "a number > 0"),
     "objective.layer_lr_decay": (lambda v: _num(v) and 0 < v <= 1, "a number in (0, 1]"),
     "objective.freeze_layers": (lambda v: _int(v) and v >= 0, "an integer >= 0"),
-    "objective.monitor": (_monitor, "a logged metric such as val/loss"),
+    "objective.monitor": (_monitor, "a validation metric: val/loss, val/accuracy, ..."),
     "objective.monitor_mode": (one_of("min", "max"), "min or max"),
     "objective.mlm_probability": (open_fraction, "a probability in (0, 1)"),
     "objective.mask_replace_prob": (fraction, "a probability in [0, 1]"),

@@ -108,6 +108,7 @@ def build_experiment(cfg: DictConfig, data: Data | None = None) -> Experiment:
     tokenizer = tokenizers.load_or_train(cfg.model, corpus, fingerprint, cfg.paths.cache_dir)
     objective = objective_class(cfg.objective, tokenizer, cfg.data.max_length, cfg.seed)
     objective.prepare(raw)
+    check_monitor(cfg.objective.monitor, objective, raw)
     head, extra = objective.head, objective.model_config()
     model, new = models.load_or_create(cfg.model, head, tokenizer, extra)
     datamodule = DataModule(raw, fingerprint, objective, cfg.data, cfg.paths.cache_dir)
@@ -119,6 +120,34 @@ def build_experiment(cfg: DictConfig, data: Data | None = None) -> Experiment:
         model=model,
         module=TaskModule(model, objective, cfg),
         datamodule=datamodule,
+    )
+
+
+def logged_metrics(objective, raw) -> tuple[set[str], bool]:
+    """The metric names a validation of `objective` logs (val/...), and whether more may
+    come (per-label scores such as val/f1_<label>, or a score that needs a model to list)."""
+    from lmlab.objectives.base import Objective
+
+    names = set(objective.metric_names)
+    names |= set(objective.epoch_metrics(dict.fromkeys(names, 1.0)))
+    open_ended = False
+    if type(objective).score is not Objective.score and "validation" in raw:
+        open_ended = True
+        try:
+            names |= set(objective.score([], raw["validation"].select([]), None))
+        except Exception:  # a score that needs records or a model: names unknown here
+            return set(), True
+    return {f"val/{n}" for n in names}, open_ended
+
+
+def check_monitor(monitor: str, objective, raw) -> None:
+    """objective.monitor must name a metric the objective logs: checked before training."""
+    known, open_ended = logged_metrics(objective, raw)
+    if not known or monitor in known or open_ended and monitor.startswith("val/f1_"):
+        return
+    raise LmlabError(
+        f"objective.monitor: {monitor!r} is not logged by objective "
+        f"{objective.cfg.name}; expected one of: {', '.join(sorted(known))}"
     )
 
 

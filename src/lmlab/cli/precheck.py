@@ -8,8 +8,13 @@ exit 2, before Hydra prints its multi-line message or creates a run dir.
 from __future__ import annotations
 
 import difflib
+import os
 import re
+import shutil
+import tempfile
+from pathlib import Path
 
+from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lmlab.config import config_dir, validate
@@ -36,8 +41,56 @@ def check_command(args: list[str]) -> None:
     if parsed.multirun:
         overrides = _first_job(overrides)
     cfg = compose_or_explain(overrides, parsed.config_name or "train")
-    if not parsed.multirun and not parsed.cfg:
+    if parsed.cfg:
+        return
+    if not parsed.multirun:
         validate(cfg)
+    for key in ("paths.output_dir", "paths.cache_dir"):
+        check_writable(key, OmegaConf.select(cfg, key))
+
+
+def check_writable(key: str, path: str | None) -> None:
+    """`path` (made if missing) must be a directory this user can write in."""
+    if not path:
+        return
+    target = Path(os.path.expanduser(str(path))).absolute()
+    existing = next(p for p in (target, *target.parents) if p.exists())
+    if not existing.is_dir():
+        raise LmlabError(f"{key}: {existing} is a file, expected a directory ({key}=...)")
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".lmlab-write-check-")
+    except OSError as e:
+        raise LmlabError(
+            f"{key}: cannot write in {existing} ({e.strerror}); set {key} to a writable directory"
+        ) from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def user_error(error: Exception) -> Exception:
+    """A library error a user's setup causes (a file or directory that cannot be written or
+    read) as one LmlabError line; any other error as it is."""
+    if isinstance(error, OSError) and error.filename and error.strerror:
+        return LmlabError(f"{error.filename}: {error.strerror}")
+    return error
+
+
+def clean_failed_start(run_dir: str | None) -> None:
+    """A run that failed before training leaves only its status.json and log (and a lock
+    file, released by its owner): Hydra's .hydra copy and any empty directory go."""
+    if not run_dir or not Path(run_dir).is_dir():
+        return
+    root = Path(run_dir)
+    if any(root.rglob("*.ckpt")) or (root / "export").exists():
+        return  # trained before: a resumable run dir stays as it is
+    for entry in root.iterdir():
+        keep = entry.name == "status.json" or entry.suffix == ".log" or "lock" in entry.name
+        if keep:
+            continue
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
 
 
 def _first_job(overrides: list[str]) -> list[str]:

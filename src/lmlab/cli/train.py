@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from lmlab import sweeps
 from lmlab.config import config_dir, validate
@@ -74,11 +74,15 @@ def run(cfg: DictConfig) -> float | None:
     Hydra records it and the sweep goes on; a single run keeps its one-line error, exit 2."""
     try:
         value = train_and_report(cfg)
-    except Exception as e:
+    except Exception as error:
+        from lmlab.cli.precheck import clean_failed_start, user_error
+
+        e = user_error(error)
         sweeps.write_status(cfg, None, e)
         if sweeps.in_multirun():
-            raise sweeps.job_failed(e) from e
+            raise sweeps.job_failed(e) from error
         if isinstance(e, LmlabError):
+            clean_failed_start(OmegaConf.select(cfg, "paths.run_dir"))
             fail(e)
         raise
     sweeps.write_status(cfg, value, None)

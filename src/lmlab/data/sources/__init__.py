@@ -121,6 +121,8 @@ def load_source(cfg, seed: int):
     splits, skipped, label_sets = {}, {}, {}
     for name, (ds, where, bad) in loaded.items():  # train first: it fixes the label sets
         ds = rename_columns(ds, columns, name)
+        if name != "train":
+            _check_same_columns(ds, splits["train"], name, cfg)
         splits[name] = check_rows(ds, where, bad, name, cfg, label_sets)
         if bad.rows.total:
             skipped[name] = bad.rows
@@ -132,3 +134,20 @@ def load_source(cfg, seed: int):
     splits = Splits(truncate(splits, cfg.max_train_samples, cfg.max_eval_samples))
     splits.skipped = MappingProxyType(skipped)
     return splits, fingerprint(cfg, seed, identity)
+
+
+# canonical columns a later split must have when train has them (document, id, title: optional)
+_REQUIRED_AFTER_TRAIN = ("text", "text_pair", "label", "tokens", "tags")
+_REQUIRED_AFTER_TRAIN += ("question", "context", "answers", "prompt", "completion")
+
+
+def _check_same_columns(ds, train, split: str, cfg) -> None:
+    """A validation or test split has the columns train is labelled with."""
+    for column in _REQUIRED_AFTER_TRAIN:
+        if column in train.column_names and column not in ds.column_names:
+            source = mapped_columns(cfg).get(column, column)
+            raise LmlabError(
+                f"data.{split}: no column {source!r} in {getattr(cfg, split, None)!r} (train "
+                f"has it; columns here: {', '.join(ds.column_names)}); map one with "
+                f"data.columns.{column}=<column>"
+            )

@@ -62,8 +62,14 @@ class Where:
         self.parts.append(describe)
         self.size += n
 
-    def __call__(self, i: int) -> str:
+    def __call__(self, i: int, token: int = 0) -> str:
+        """Row i's place; `token`: the token's own line where the format has one (CoNLL)."""
         k = bisect.bisect_right(self.starts, i) - 1
+        if token:
+            try:
+                return self.parts[k](i - self.starts[k], token)
+            except TypeError:  # one place per row
+                pass
         return self.parts[k](i - self.starts[k])
 
 
@@ -115,8 +121,8 @@ def check_rows(ds, where, bad, split, cfg, label_sets):
     given = None if cfg.labels is None else [str(name) for name in cfg.labels]
     replaced = labels.encode_columns(ds, present, columns, given, split, label_sets, problems)
     for i in sorted(problems):
-        reason, detail = problems[i]
-        bad.add(where(i), reason, detail)
+        reason, detail, *token = problems[i]  # token: the word's index in its row
+        bad.add(where(i, *token), reason, detail)
     for column, (ids, feature) in replaced.items():
         ds = labels.replace_column(ds, column, ids, feature)
     if problems:

@@ -120,7 +120,7 @@ def _read_split(key, spec, paths, cfg, bad):
     columns = _join_columns(parts)
     if fmt == "squad":
         return Dataset.from_dict(columns, features=squad.features()), where
-    return _to_dataset(columns, where), where
+    return _to_dataset(columns, where, bad)
 
 
 def _read_file(path, fmt, cfg, bad):
@@ -154,21 +154,43 @@ def _join_columns(parts):
     return columns if names else {}
 
 
-def _to_dataset(columns, where):
-    """Python columns -> Dataset; a column that mixes kinds of values is named at its row."""
-    import pyarrow as pa
+def _to_dataset(columns, where, bad):
+    """Python columns -> (Dataset, where); a row whose value is of another kind than the
+    column's first (a number among strings, a string among lists, ints among string tags)
+    is a bad row, named at its place."""
     from datasets import Dataset
 
-    try:
-        return Dataset.from_dict(columns)
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        for name, values in columns.items():
-            kinds = [type(v) for v in values]
-            first = next((k for k in kinds if k is not type(None)), None)
-            odd = next((i for i, k in enumerate(kinds) if k not in (first, type(None))), None)
-            if odd is not None:
-                raise LmlabError(
-                    f"{where(odd)}: column {name!r} holds a {kinds[odd].__name__} here but "
-                    f"a {first.__name__} in earlier rows"
-                ) from None
-        raise
+    odd = {}
+    for name, values in columns.items():
+        kinds = [_kind(v) for v in values]  # an empty list fits any list
+        first = next((k for k in kinds if k not in (None, "a list")), None)
+        first = first or next((k for k in kinds if k is not None), None)
+        for i, k in enumerate(kinds):
+            fits = k is None or k == first or k == "a list" and first.startswith("a list")
+            if not fits and i not in odd:
+                odd[i] = f"column {name!r} holds {k} here but {first} in earlier rows"
+    for i in sorted(odd):
+        bad.add(where(i), "a value of another kind", odd[i])
+    if odd:
+        keep = [i for i in range(len(next(iter(columns.values())))) if i not in odd]
+        columns = {name: [values[i] for i in keep] for name, values in columns.items()}
+        kept = Where()
+        kept.add(len(keep), lambda i: where(keep[i]))
+        where = kept
+    return Dataset.from_dict(columns), where
+
+
+_KINDS = {str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+
+
+def _kind(value) -> str | None:
+    """A value's kind for the column check: None (missing), a string, a number, a list of
+    strings, a dict, ..."""
+    if value is None:
+        return None
+    if isinstance(value, list):
+        inner = {_kind(v) for v in value} - {None}
+        if len(inner) > 1:
+            return "a list of mixed values"
+        return "a list" if not inner else f"a list of {inner.pop()[2:]}s".replace("ss", "s")
+    return _KINDS.get(type(value), f"a {type(value).__name__}")

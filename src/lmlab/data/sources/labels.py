@@ -83,15 +83,33 @@ def _encode(ds, column, values, given, split, label_sets, problems):
         _check_values(values, lookup, nested, problems)
         return None
     if nested:
-        values = [
-            v if v is None or not all(isinstance(t, str) for t in v) else to_iob2(v) for v in values
-        ]
+        values = [_checked_tags(i, v, problems) for i, v in enumerate(values)]
     if column not in label_sets:
         label_sets[column] = _label_set(values, given, nested)
     names, lookup = label_sets[column]
     ids = _check_values(values, lookup, nested, problems)
     feature = ClassLabel(names=names)
     return ids, List(feature) if nested else feature
+
+
+TAG_PREFIXES = "BIESLU"  # IOB1/IOB2, IOBES and BILOU prefixes
+
+
+def _checked_tags(i, tags, problems):
+    """One row's tags in IOB2, or None (the row is bad: a missing or malformed tag)."""
+    if tags is None or not all(isinstance(t, str) for t in tags):
+        missing = None if tags is None else next((j for j, t in enumerate(tags) if t is None), None)
+        if missing is not None:
+            problems.setdefault(i, ("missing tag", f"missing tag (word {missing + 1})", missing))
+            return None
+        return tags
+    for j, tag in enumerate(tags):
+        prefix, dash, kind = tag.partition("-")
+        if dash and (len(prefix) != 1 or prefix not in TAG_PREFIXES or not kind):
+            detail = f"malformed tag {tag!r} (expected O, B-<type> or I-<type>)"
+            problems.setdefault(i, ("malformed tag", detail, j))
+            return None
+    return to_iob2(tags)
 
 
 def _label_set(values, given, nested):
@@ -121,12 +139,25 @@ def _check_values(values, lookup, nested, problems):
         if mapped is None:  # a missing value, noted already
             ids[i] = []
         elif None in mapped:
-            value = rows[i][mapped.index(None)]
+            j = mapped.index(None)
+            value = rows[i][j]
             reason = f"{noun} {value!r} not in the {noun} set"
-            detail = "no label (-1)" if value == -1 and not nested else reason
-            problems.setdefault(i, (reason, detail))
+            detail = (
+                "no label (-1)" if value == -1 and not nested else reason + _kinds(value, lookup)
+            )
+            problems.setdefault(i, (reason, detail, j) if nested else (reason, detail))
             ids[i] = [0] * len(mapped)
     return ids if nested else [row[0] if row else 0 for row in ids]
+
+
+def _kinds(value, lookup) -> str:
+    """When a value is of another kind than the set's (a number among names): say so."""
+    names = [k for k in lookup if isinstance(k, str)]
+    if isinstance(value, str) and not names:
+        return " (the set holds numbers: train's labels are ids; set data.labels to name them)"
+    if not isinstance(value, str) and names and len(names) == len(lookup):
+        return f" (the set holds names: {', '.join(names[:6])}; a number must index data.labels)"
+    return ""
 
 
 def replace_column(ds, column, values, feature):

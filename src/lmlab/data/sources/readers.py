@@ -185,6 +185,7 @@ def read_conll(path, token_column, tag_column, bad, encoding):
     tokens, tags, documents, at = [], [], [], []
     sentence, labels, start, broken = [], [], 0, False
     document = in_document = 0  # the number of -DOCSTART- lines so far
+    width = None  # (columns, line) of the first token line
     lines = [*decode_lines(path, bad, encoding), ""]  # "" flushes the last sentence
     for n, line in enumerate(lines, 1):
         if line is None:  # undecodable: already counted, drop its sentence
@@ -206,21 +207,32 @@ def read_conll(path, token_column, tag_column, bad, encoding):
             start, in_document = n, document
         if broken:
             continue
-        columns = _conll_columns(len(parts), token_column, tag_column)
-        if columns is None:
-            setting = f"data.token_column={token_column}, data.tag_column={tag_column}"
-            bad.add(
-                f"{path}:{n}", "too few columns", f"too few columns ({len(parts)}) for {setting}"
-            )
+        columns, problem = _conll_line(len(parts), width, token_column, tag_column)
+        if problem:
+            bad.add(f"{path}:{n}", *problem)
             broken = True
             continue
+        width = width or (len(parts), n)  # the first token line sets the file's columns
         word, tag = parts[columns[0]], parts[columns[1]]
         sentence.append(word)
         labels.append(tag)
     columns = {"tokens": tokens, "tags": tags}
     if document:  # the file marks its documents: sentences can be read in their context
         columns["document"] = documents
-    return columns, len(tokens), lambda i: f"{path}:{at[i]}"
+    return columns, len(tokens), lambda i, token=0: f"{path}:{at[i] + token}"
+
+
+def _conll_line(n, width, token_column, tag_column):
+    """(word and tag positions, None) for a token line of n columns, or (None, (reason,
+    detail)): too few columns, or another number than the file's first token line."""
+    columns = _conll_columns(n, token_column, tag_column)
+    if columns is None:
+        setting = f"data.token_column={token_column}, data.tag_column={tag_column}"
+        return None, ("too few columns", f"too few columns ({n}) for {setting}")
+    if width and n != width[0]:
+        detail = f"{n} columns, but {width[0]} on line {width[1]} (the file's first)"
+        return None, ("a line with another number of columns", detail)
+    return columns, None
 
 
 def _conll_columns(n, token_column, tag_column):
