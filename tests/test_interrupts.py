@@ -274,3 +274,21 @@ def test_sigusr1_requeues_a_slurm_job(tmp_path, monkeypatch):
     monkeypatch.delenv("SLURM_NTASKS")
     assert requeue_slurm_job(None) is None
     assert calls.read_text() == "requeue 4242\n"
+
+
+def test_a_launcher_handler_runs_after_the_save(tmp_path):
+    """submitit requeues its job on SIGUSR2: lmlab records the step first, then calls it."""
+    from omegaconf import OmegaConf
+
+    from lmlab.interrupts import Interrupted, catch_signals
+
+    calls = []
+    submitit_like = signal.signal(signal.SIGUSR2, lambda signum, frame: calls.append(signum))
+    try:
+        cfg = OmegaConf.create({"paths": {"run_dir": str(tmp_path)}, "optimized_metric": None})
+        with pytest.raises(Interrupted), catch_signals(cfg):
+            os.kill(os.getpid(), signal.SIGUSR2)
+        assert calls == [signal.SIGUSR2]
+        assert json.loads((tmp_path / "status.json").read_text())["status"] == "interrupted"
+    finally:
+        signal.signal(signal.SIGUSR2, submitit_like)

@@ -87,6 +87,9 @@ class SignalCatcher:
         self.in_training = False
         self.trainer = None
         self.saved: tuple[int, Path] | None = None  # (step, path) of the checkpoint saved here
+        # submitit (hydra/launcher=submitit_slurm) requeues a job on SIGUSR2: saved here first
+        launcher_signal = callable(signal.getsignal(signal.SIGUSR2))
+        self.signals = SIGNALS + ((signal.SIGUSR2,) if launcher_signal else ())
 
     def handle(self, signum: int, frame) -> None:
         if os.getpid() != self.pid:
@@ -151,7 +154,7 @@ class SignalCatcher:
 
     def install(self) -> dict:
         """Installs the handler (main thread only); returns the previous handlers."""
-        return {signum: signal.signal(signum, self.handle) for signum in SIGNALS}
+        return {signum: signal.signal(signum, self.handle) for signum in self.signals}
 
 
 def _say(line: str) -> None:
@@ -179,10 +182,18 @@ def catch_signals(cfg: DictConfig):
         catcher.record(error)
         if error.signum == signal.SIGUSR1:
             error.requeued = requeue_slurm_job(catcher.trainer)
+        chain(previous.get(error.signum), error.signum)  # e.g. submitit's requeue
         raise
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+
+
+def chain(handler, signum: int) -> None:
+    """Calls the handler a launcher had put in for `signum` (submitit: requeue the job and
+    exit), now that the checkpoint is saved; not Python's Ctrl-C (KeyboardInterrupt)."""
+    if callable(handler) and handler is not signal.default_int_handler:
+        handler(signum, None)
 
 
 def requeue_slurm_job(trainer) -> str | None:
