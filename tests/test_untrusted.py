@@ -163,6 +163,38 @@ def test_model_name_or_path_with_code_is_refused_without_trust(code_dir):
     assert not marker.exists()
 
 
+def test_training_from_a_model_dir_with_code_runs_no_code(code_dir, tmp_path, tiny_overrides):
+    """lmlab-train model.name_or_path=<dir with code>: one line, before any model is built."""
+    folder, marker = code_dir
+    overrides = ["experiment=quickstart", "model=gpt_tiny", *tiny_overrides("gpt2", steps=2)]
+    cfg = compose([*overrides, f"model.name_or_path={folder}"], run_dir=str(tmp_path / "run"))
+    with pytest.raises(LmlabError) as e:
+        train(cfg)
+    assert "model.name_or_path" in str(e.value) and "trust_remote_code" in str(e.value)
+    assert "\n" not in str(e.value) and not marker.exists()
+
+
+def test_trust_remote_code_from_the_command_line_is_obeyed_with_a_warning(
+    code_dir, tmp_path, monkeypatch, capsys
+):
+    """The user's own choice: passed on to transformers (which then runs the code)."""
+    import transformers.dynamic_module_utils as dynamic
+    from omegaconf import OmegaConf
+
+    from lmlab.models import load_or_create
+
+    monkeypatch.setattr(dynamic, "HF_MODULES_CACHE", str(tmp_path / "hf-modules"))
+    folder, marker = code_dir
+    trusting = {"trust_remote_code": True}
+    cfg = OmegaConf.create({"name_or_path": str(folder), "config": trusting})
+    with pytest.raises(Exception):  # noqa: B017  (the attacker's files define no real model)
+        load_or_create(cfg, "AutoModelForCausalLM", tokenizer=None)
+    assert marker.exists()
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "trust_remote_code=true" in warnings[0]
+    assert str(folder) in warnings[0]
+
+
 # ---------------------------------------------------------------- attack 2: _target_
 
 
@@ -231,6 +263,19 @@ def test_pickled_checkpoint_runs_no_code(tmp_path, clm_run):
     with pytest.raises(LmlabError) as e:
         locate(path)
     assert "\n" not in str(e.value) and str(path) in str(e.value)
+    assert not marker.exists()
+
+
+def test_resume_from_a_pickled_checkpoint_runs_no_code(tmp_path, tiny_overrides, monkeypatch):
+    """resume= hands the file to Lightning, which must read it as plain data too, even where
+    the user's environment turns torch.load's default back to unpickling anything."""
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    marker = tmp_path / "marker"
+    path = tmp_path / "pickled.ckpt"
+    torch.save({"state_dict": {}, "loops": Payload(marker)}, path)
+    overrides = ["experiment=quickstart", "model=gpt_tiny", *tiny_overrides("gpt2", steps=2)]
+    with pytest.raises(Exception):  # noqa: B017  (what matters: it stops, and nothing ran)
+        train(compose([*overrides, f"resume={path}"], run_dir=str(tmp_path / "run")))
     assert not marker.exists()
 
 

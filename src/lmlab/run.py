@@ -134,7 +134,8 @@ def fit_and_export(exp: Experiment, trainer) -> dict:
         print(f"resuming from {checkpoint}", flush=True)
     elif cfg.trainer.validate_at_start:  # the starting point of the validation curve
         trainer.validate(exp.module, datamodule=exp.datamodule, verbose=False)
-    trainer.fit(exp.module, datamodule=exp.datamodule, ckpt_path=checkpoint)
+    # weights_only: a resumed checkpoint is data, even under TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD
+    trainer.fit(exp.module, datamodule=exp.datamodule, ckpt_path=checkpoint, weights_only=True)
     if cfg.load_best:
         load_best(exp.module, trainer)
     metrics = trainer.validate(exp.module, datamodule=exp.datamodule, verbose=False)[0]
