@@ -9,8 +9,10 @@ has its own LMLAB_OUTPUT_DIR, so it finds exactly one sweep dir.
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -84,8 +86,13 @@ def lr_of(status: dict) -> str:
 # ---------------------------------------------------------------- real sweeps
 
 
-def test_failed_job_is_recorded_and_the_sweep_goes_on(tiny, env):
-    proc = lmlab_train(["-m", *tiny, "objective.lr=1e-3,-1.0,3e-3"], env)
+def test_failed_job_is_recorded_and_the_sweep_goes_on(tiny, env, tiny_text_file):
+    # job 1's config is valid (the whole sweep is checked before it starts); its data is not
+    empty = Path(env["LMLAB_OUTPUT_DIR"]).parent / "empty.txt"
+    empty.write_text("")
+    args = ["-m", *[o for o in tiny if not o.startswith("data.train=")]]
+    args.append(f"data.train={tiny_text_file},{empty},{tiny_text_file}")
+    proc = lmlab_train(args, env)
 
     assert proc.returncode == 1, proc.stderr[-3000:]
     sweep = the_sweep_dir(env)
@@ -93,15 +100,35 @@ def test_failed_job_is_recorded_and_the_sweep_goes_on(tiny, env):
     assert [jobs[n]["status"] for n in (0, 1, 2)] == ["completed", "failed", "completed"]
     assert_complete(sweep / "0")
     assert_complete(sweep / "2")
-    assert jobs[1]["error"] == "ValueError: Invalid learning rate: -1.0"
-    assert jobs[1]["value"] is None and lr_of(jobs[1]) == "-1.0"
+    error = f"data.train: no non-empty documents in '{empty}'"
+    assert jobs[1]["error"] == error
+    assert jobs[1]["value"] is None and f"data.train={empty}" in jobs[1]["overrides"]
     assert not (sweep / "1" / "metrics.json").exists()
     assert (sweep / "multirun.yaml").is_file()
     errors = proc.stderr.splitlines()
     assert f"lmlab-train: error: 1 of 3 jobs failed (sweep dir: {sweep}):" in errors
-    failed = "lmlab-train: failed: job 1 (objective.lr=-1.0): ValueError: Invalid learning rate"
-    assert f"{failed}: -1.0" in errors
+    assert f"lmlab-train: failed: job 1 (data.train={empty}): {error}" in errors
     assert sum(line.startswith("lmlab-train: failed: ") for line in errors) == 1
+
+    # the same command again, as after a crash that cut job 2 short: job 0 is not trained
+    # again (its value goes to the sweeper), job 1 (failed) and job 2 (unfinished) run again
+    before = mtimes(sweep / "0")
+    for name in ("status.json", "metrics.json"):
+        (sweep / "2" / name).unlink()
+    failed_at = (sweep / "1" / "status.json").stat().st_mtime_ns
+    again = lmlab_train(args, env)
+
+    assert again.returncode == 1, again.stderr[-3000:]
+    assert the_sweep_dir(env) == sweep
+    assert mtimes(sweep / "0") == before
+    value = jobs[0]["value"]
+    assert f"job 0: completed in an earlier run of this sweep, skipped (val/loss={value})" in (
+        again.stdout
+    )
+    assert (sweep / "1" / "status.json").stat().st_mtime_ns != failed_at
+    assert [s["status"] for s in statuses(sweep).values()] == ["completed", "failed", "completed"]
+    assert_complete(sweep / "2")
+    assert "lmlab-train: error: 1 of 3 jobs failed" in again.stderr
 
 
 def test_joblib_runs_jobs_in_parallel_processes_in_one_sweep_dir(tiny, env):
@@ -160,6 +187,14 @@ def test_submitit_local_runs_a_job(tiny, env):
     sweep = the_sweep_dir(env)
     assert_complete(sweep / "0")
     assert (sweep / ".submitit").is_dir()  # submitit's own logs and pickles
+
+    # run again, the job (in submitit's process) finds its status.json and is skipped
+    before = mtimes(sweep / "0")
+    again = lmlab_train([*args, "objective.lr=1e-3"], env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert the_sweep_dir(env) == sweep and mtimes(sweep / "0") == before
+    logs = "".join(p.read_text() for p in (sweep / ".submitit").rglob("*_log.out"))
+    assert "job 0: completed in an earlier run of this sweep, skipped" in logs
 
 
 # ---------------------------------------------------------------- single runs
@@ -317,3 +352,159 @@ def test_error_line_is_one_line():
     assert sweeps.error_line(LmlabError("data.train: no file")) == "data.train: no file"
     assert sweeps.error_line(ValueError("bad value\nmore detail")) == "ValueError: bad value"
     assert sweeps.error_line(MemoryError()) == "MemoryError"
+
+
+# ---------------------------------------------------------------- sweeps that survive a crash
+
+
+def mtimes(run_dir: Path) -> dict[str, int]:
+    """What training writes, and when: a skipped job leaves all of it as it was."""
+    names = ["metrics.csv", "metrics.json", "status.json", "config.yaml"]
+    return {name: (run_dir / name).stat().st_mtime_ns for name in names}
+
+
+def wait_for(condition, proc: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert proc.poll() is None, f"the sweep ended (rc {proc.returncode}) before the kill"
+        assert time.monotonic() < deadline, "timed out waiting for the sweep"
+        time.sleep(0.05)
+
+
+def completed(sweep: Path, num: int) -> bool:
+    status = sweep / str(num) / "status.json"
+    return status.is_file() and json.loads(status.read_text())["status"] == "completed"
+
+
+@pytest.mark.slow  # ~80 s on 2 busy cores; the fast variant is the test above
+def test_a_killed_joblib_sweep_run_again_skips_completed_jobs_and_resumes(tiny_overrides, env):
+    # 4 jobs, 2 at a time; checkpoints every 2 steps, so that the killed job 2 has one
+    args = ["-m", *tiny_overrides("gpt2", steps=16), "trainer.validate_at_start=false"]
+    args += ["objective.sample_max_new_tokens=4", "export=false"]
+    args += ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+    args += ["callbacks.last_checkpoint.every_n_train_steps=2", "objective.lr=1e-3,2e-3,3e-3,4e-3"]
+    log = open(Path(env["LMLAB_OUTPUT_DIR"]).parent / "first.log", "w")  # noqa: SIM115
+    first = subprocess.Popen(
+        [str(SCRIPT), *args], env=env, stdout=log, stderr=subprocess.STDOUT,
+        cwd=Path(env["LMLAB_OUTPUT_DIR"]).parent, start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: (Path(env["LMLAB_OUTPUT_DIR"]) / "multirun" / "train").is_dir(), first)
+        sweep = the_sweep_dir(env)
+        last = sweep / "2" / "checkpoints" / "last.ckpt"
+        wait_for(lambda: completed(sweep, 0) and completed(sweep, 1) and last.is_file(), first)
+    finally:  # the whole sweep dies at once, joblib's workers too, as on a crashed machine
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+        log.close()
+    assert not completed(sweep, 2), "job 2 ended before the kill: nothing to resume"
+    before = {num: mtimes(sweep / str(num)) for num in (0, 1)}
+
+    # lmlab-report works on the half-finished sweep
+    from lmlab.report import report
+
+    half = report(sweep, out=sweep.parent.parent.parent / "half-report")
+    assert [j.status for j in sorted(half["jobs"], key=lambda j: j.num)][:3] == [
+        "completed",
+        "completed",
+        "incomplete",
+    ]
+    assert (
+        half["best"].num in (0, 1)
+        and (sweep.parent.parent.parent / "half-report" / "report.md").is_file()
+    )
+
+    again = lmlab_train(args, env)  # the same command
+
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert the_sweep_dir(env) == sweep  # the command found its sweep dir again
+    assert f"continuing the sweep in {sweep}: 2 job(s) completed earlier" in again.stdout
+    for num in (0, 1):
+        assert mtimes(sweep / str(num)) == before[num], f"job {num} was trained again"
+        assert f"job {num}: completed in an earlier run of this sweep, skipped" in again.stdout
+    assert f"resuming from {last}" in again.stdout  # job 2 goes on from its checkpoint
+    jobs = statuses(sweep)
+    assert [jobs[n]["status"] for n in range(4)] == ["completed"] * 4
+    for num in range(4):
+        assert_complete(sweep / str(num))
+
+
+def test_a_mistake_in_one_combination_stops_the_sweep_before_any_job(tiny, env):
+    start = time.monotonic()
+    proc = lmlab_train(["-m", *tiny, "objective.lr=1e-3,2e-3,3e-3", "data.batch_size=4,8,x"], env)
+
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    # job 6 (the 7th): the first with batch size x
+    line = "job 6 (data.batch_size=x objective.lr=0.001): data.batch_size: expected an integer"
+    assert proc.stderr.strip().splitlines() == [f"lmlab-train: error: {line}, got 'x'"]
+    assert not (Path(env["LMLAB_OUTPUT_DIR"]) / "multirun").exists()  # no job started
+    assert time.monotonic() - start < 30  # composed, not trained
+
+
+def test_every_job_is_validated_not_only_composed(tiny, env):
+    proc = lmlab_train(["-m", *tiny, "++model.config.n_embd=32,16", "+model.config.n_embdd=8"], env)
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith(
+        "lmlab-train: error: job 0 (++model.config.n_embd=32): model.config.n_embdd: not a "
+        "setting of the 'gpt2' Hugging Face config (did you mean one of: n_embd"
+    )
+
+
+# ---------------------------------------------------------------- the sweep dir
+
+
+def sweep_dir_of(tmp_path: Path, task: list[str], hydra: list[str] = ()) -> Path:
+    from lmlab.resolvers import _sweep_dir
+
+    return Path(_sweep_dir(str(tmp_path), "train", task, list(hydra)))
+
+
+def test_the_sweep_dir_is_named_by_the_command(tmp_path):
+    task = ["experiment=quickstart", "objective.lr=1e-3,3e-3"]
+    first = sweep_dir_of(tmp_path, task)
+    assert first.parent == tmp_path / "multirun" / "train" and len(first.name) == 8
+    assert sweep_dir_of(tmp_path, list(task)) == first
+    assert sweep_dir_of(tmp_path, [*task, "seed=1"]) != first
+    # the launcher is not part of the command, the sweeper's settings are
+    launcher = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=4", "hydra.verbose=true"]
+    assert sweep_dir_of(tmp_path, task, launcher) == first
+    assert sweep_dir_of(tmp_path, task, ["hydra.sweeper.n_trials=9"]) != first
+
+
+def test_fresh_starts_a_new_sweep_dir_and_a_plain_rerun_takes_the_latest(tmp_path):
+    task = ["objective.lr=1e-3,3e-3"]
+    base = sweep_dir_of(tmp_path, task)
+    assert sweep_dir_of(tmp_path, [*task, "+fresh=true"]) == base  # nothing there yet
+    base.mkdir(parents=True)
+    fresh = sweep_dir_of(tmp_path, [*task, "+fresh=true"])
+    assert fresh == Path(f"{base}-1")
+    fresh.mkdir()
+    assert sweep_dir_of(tmp_path, task) == fresh  # the latest sweep of the command goes on
+    assert sweep_dir_of(tmp_path, ["+fresh=true", *task]) == Path(f"{base}-2")
+    assert sweep_dir_of(tmp_path, [*task, "+fresh=false"]) == fresh
+
+
+def test_a_fresh_sweep_trains_every_job_again(tiny, env):
+    args = ["-m", *tiny, "objective.lr=1e-3"]
+    assert lmlab_train(args, env).returncode == 0
+    first = the_sweep_dir(env)
+    proc = lmlab_train([*args, "+fresh=true"], env)
+
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    second = Path(f"{first}-1")
+    assert_complete(second / "0")
+    assert "skipped" not in proc.stdout
+    status = json.loads((second / "0" / "status.json").read_text())
+    assert "+fresh=true" not in status["overrides"]  # a flag of the command, not of a job
+    sweep_config = yaml.safe_load((second / "multirun.yaml").read_text())
+    assert "+fresh=true" not in sweep_config["hydra"]["overrides"]["task"]
+
+    # the plain command goes on with the latest sweep; a job dir whose status.json holds
+    # other overrides (as a search that drew otherwise leaves) is not reused
+    status["overrides"][-1] = "objective.lr=0.5"
+    (second / "0" / "status.json").write_text(json.dumps(status))
+    proc = lmlab_train(args, env)
+    assert proc.returncode == 1
+    assert f"job 0 failed: {second / '0'} holds a run of other overrides" in proc.stderr
+    assert "start a new sweep with +fresh=true" in proc.stderr

@@ -92,6 +92,16 @@ def override_key(override: str) -> str:
     return override.partition("=")[0].lstrip("+~")
 
 
+FRESH_KEY = "fresh"  # `+fresh=true`: a sweep command starts a new sweep dir instead of resuming
+TRUE_VALUES = {"true", "yes", "on", "1"}
+
+
+def is_fresh(overrides: Iterable[str]) -> bool:
+    """Whether a sweep's command line asks for a fresh sweep (`+fresh=true`)."""
+    value = override_values(overrides).get(FRESH_KEY, "false")
+    return value.strip().strip("'\"").lower() in TRUE_VALUES
+
+
 def override_values(overrides: Iterable[str]) -> dict[str, str]:
     """key -> value of a job's overrides."""
     return {override_key(o): o.partition("=")[2] for o in overrides}

@@ -1,5 +1,5 @@
 """The OmegaConf resolvers the shipped configs use (${lmlab_run_dir:...} and the like): run
-dirs, sweep ids, absolute paths, Optuna's direction and models shipped as PyPI packages.
+dirs, sweep dirs, absolute paths, Optuna's direction and models shipped as PyPI packages.
 Registered by lmlab.config on import; imports no torch.
 """
 
@@ -12,7 +12,9 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from lmlab.errors import LmlabError
-from lmlab.records import DIRECTIONS
+from lmlab.records import DIRECTIONS, FRESH_KEY, is_fresh, override_key
+
+_SWEEPER = ("hydra.sweeper", "hydra/sweeper")  # hydra overrides that decide a sweep's jobs
 
 
 def _package_model(package: str) -> str:
@@ -39,8 +41,30 @@ def _run_dir(output_dir: str, name: str, overrides: str) -> str:
 
 
 def _sweep_uid() -> str:
-    """Tells apart sweeps started in the same second; shared by the processes of one sweep."""
+    """Tells apart sweeps started in the same second; shared by the processes of one sweep.
+    (No longer used by the shipped configs: a sweep dir is named by its command.)"""
     return os.environ.setdefault("LMLAB_SWEEP_UID", os.urandom(3).hex())
+
+
+def _sweep_dir(output_dir: str, name: str, task: list, hydra_overrides: list) -> str:
+    """outputs/multirun/<name>/<hash of the command>: re-running a sweep's command finds its
+    sweep dir again (the latest one, when +fresh=true made several), so the sweep goes on
+    where it stopped; `+fresh=true` takes the next free suffix, <hash>-1, -2, ...
+
+    The command is the task overrides (without the fresh flag) and the sweeper's own hydra
+    overrides (hydra.sweeper.*: they decide the jobs); the launcher and logging settings are
+    left out, so a sweep started with joblib can be finished with submitit."""
+    task = [str(o) for o in task]
+    command = [o for o in task if override_key(o) != FRESH_KEY]
+    command += [o for o in map(str, hydra_overrides) if override_key(o).startswith(_SWEEPER)]
+    digest = hashlib.sha1("\n".join(command).encode()).hexdigest()[:8]
+    base = Path(output_dir) / "multirun" / name / digest
+    latest, n = base, 1
+    while Path(f"{base}-{n}").exists():
+        latest, n = Path(f"{base}-{n}"), n + 1
+    if is_fresh(task) and (base.exists() or latest != base):
+        return f"{base}-{n}"
+    return str(latest)
 
 
 def _abspath(path: str) -> str:
@@ -60,6 +84,7 @@ def register_resolvers() -> None:
         ("package_model", _package_model),
         ("lmlab_run_dir", _run_dir),
         ("lmlab_uid", _sweep_uid),
+        ("lmlab_sweep_dir", _sweep_dir),
         ("lmlab_abspath", _abspath),
         ("lmlab_direction", _optuna_direction),
     ]

@@ -20,7 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from lmlab import records
 from lmlab.errors import LmlabError
@@ -33,10 +33,139 @@ class JobFailed(CompactHydraException):
 
 
 class SweepSummary(Callback):
-    """Configured in conf/hydra/default.yaml (hydra.callbacks.sweep_summary)."""
+    """Configured in conf/hydra/default.yaml (hydra.callbacks.sweep_summary): before the
+    sweeper starts, pins the sweep dir for every job, checks every job's config, and
+    remembers the dir for the summary."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        _sweep_dirs.append(Path(str(config.hydra.sweep.dir)).absolute())
+        sweep = pin_sweep_dir(config)
+        check_jobs(config, sweep)
+        announce_continuation(sweep)
+        _sweep_dirs.append(sweep)
+
+
+def quoted(value: str) -> str:
+    """`value` as a quoted Hydra override value (a path with spaces or commas stays one)."""
+    return "'" + value.replace("'", "\\'") + "'"
+
+
+def pin_sweep_dir(config: DictConfig) -> Path:
+    """Resolves hydra.sweep.dir once, here (${lmlab_sweep_dir:...} hashes the sweep's command,
+    which a job's own config no longer holds), and hands it to every job as a hydra override:
+    launchers compose each job from the sweep's hydra overrides, in this process or another.
+    Drops `+fresh=true` from the jobs' overrides: it chose the dir, it is not a job setting."""
+    sweep = Path(str(config.hydra.sweep.dir)).absolute()
+    task = [str(o) for o in config.hydra.overrides.task]
+    hydra_overrides = [str(o) for o in config.hydra.overrides.hydra]
+    pinned = [o for o in hydra_overrides if records.override_key(o) != "hydra.sweep.dir"]
+    with read_write(config.hydra), open_dict(config.hydra):
+        config.hydra.sweep.dir = str(sweep)
+        config.hydra.overrides.task = [
+            o for o in task if records.override_key(o) != records.FRESH_KEY
+        ]
+        config.hydra.overrides.hydra = [*pinned, f"hydra.sweep.dir={quoted(str(sweep))}"]
+    return sweep
+
+
+def announce_continuation(sweep: Path) -> None:
+    """One line when the command's sweep dir holds jobs already: the sweep goes on."""
+    if not sweep.is_dir() or not records.job_dirs(sweep):
+        return
+    done = sum(1 for d in records.job_dirs(sweep) if _completed_record(d) is not None)
+    print(
+        f"lmlab-train: continuing the sweep in {sweep}: {done} job(s) completed earlier are "
+        f"skipped, the others resume or run again (+fresh=true starts a new sweep)",
+        flush=True,
+    )
+
+
+# ---------------------------------------------------------------- every job, before the first
+
+
+def job_overrides(config: DictConfig) -> list[list[str]] | None:
+    """The overrides of every job, as Hydra's basic sweeper will launch them; None for other
+    sweepers (Optuna draws its trials as the search goes)."""
+    if not str(OmegaConf.select(config, "hydra.sweeper._target_")).endswith("BasicSweeper"):
+        return None
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    loader = GlobalHydra.instance().config_loader()
+    parsed = OverridesParser.create(config_loader=loader).parse_overrides(
+        [str(o) for o in config.hydra.overrides.task]
+    )
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def composition_error(error: BaseException, overrides: list[str]) -> str:
+    """One line for an error Hydra or OmegaConf raise while composing a job's config: the key
+    (OmegaConf's full_key) and the first line of what went wrong; worded as lmlab-train's
+    check of a single command words it (lmlab.cli.precheck), when that is there."""
+    from hydra.errors import MissingConfigException
+
+    try:
+        from lmlab.cli import precheck
+
+        if isinstance(error, MissingConfigException):
+            return precheck._missing_message(error, overrides)
+        return precheck._composition_message(error, overrides)
+    except (ImportError, AttributeError):
+        pass
+    cause = error.__cause__ or error
+    key = getattr(cause, "full_key", None) or getattr(error, "full_key", None)
+    text = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+    hint = [line for line in str(error).splitlines() if line.startswith("To append")]
+    line = f"{key}: {text}" if key else text
+    if cause is not error and not key:
+        line = f"{str(error).strip().splitlines()[0]} ({text})"
+    return f"{line}; {hint[0][0].lower()}{hint[0][1:]}" if hint else line
+
+
+def job_error(config: DictConfig, overrides: list[str], num: int, sweep: Path) -> str | None:
+    """Composes job `num` as the launcher will, and checks it (lmlab.config.validate); the
+    error as one line, or None."""
+    import copy
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    from lmlab.config import validate
+
+    try:
+        job = GlobalHydra.instance().config_loader().load_sweep_config(config, list(overrides))
+        with read_write(job.hydra), open_dict(job.hydra):
+            job.hydra.job.num = job.hydra.job.id = num
+            job.hydra.runtime.output_dir = str(sweep / str(num))
+        HydraConfig.instance().set_config(job)  # for ${hydra:...} in the job's config
+        task = copy.deepcopy(job)
+        with read_write(task), open_dict(task):
+            del task["hydra"]
+        validate(task)
+    except LmlabError as e:
+        return error_line(e)
+    except Exception as e:  # Hydra's and OmegaConf's composition errors: many lines each
+        return composition_error(e, list(overrides))
+    return None
+
+
+def check_jobs(config: DictConfig, sweep: Path) -> None:
+    """Every job's config is composed and checked before the first job trains: a mistake in
+    any combination ends the command at once (exit 2), naming the job, its overrides and
+    the key."""
+    jobs = job_overrides(config)
+    if not jobs:
+        return
+    varying = records.varying_overrides(dict(enumerate(jobs)))
+    before = HydraConfig.instance().cfg
+    try:
+        for num, overrides in enumerate(jobs):
+            error = job_error(config, overrides, num, sweep)
+            if error is not None:
+                label = " ".join(varying[num]) or " ".join(overrides)
+                print(f"lmlab-train: error: job {num} ({label}): {error}", file=sys.stderr)
+                sys.exit(2)
+    finally:
+        HydraConfig.instance().cfg = before
 
 
 def sweep_dir() -> Path | None:
@@ -56,6 +185,45 @@ def is_rank_zero() -> bool:
     torchrun, SLURM tasks), which share the run dir of rank zero."""
     rank_variables = ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK")
     return all(int(os.environ.get(name, "0") or 0) == 0 for name in rank_variables)
+
+
+def _completed_record(run_dir: Path) -> dict | None:
+    """run_dir's status.json when it says completed (one cut short by a kill does not)."""
+    try:
+        record = records.read_status(run_dir)
+    except LmlabError:
+        return None
+    return record if record and record.get("status") == records.COMPLETED else None
+
+
+def completed_job(cfg: DictConfig) -> dict | None:
+    """In a job of a sweep run again (the same command: the same sweep dir), the status.json
+    record of this job when an earlier run completed it: the job is skipped and its stored
+    value goes to the sweeper. None otherwise: the job trains (resuming its last.ckpt when it
+    has one). A job dir that holds a run of other overrides (a search that drew otherwise) is
+    not reused: the job fails, naming both."""
+    if not in_multirun():
+        return None
+    hydra = HydraConfig.get()
+    run_dir = Path(hydra.runtime.output_dir)
+    overrides = [str(o) for o in hydra.overrides.task]
+    try:
+        stored = records.read_status(run_dir) or {}
+    except LmlabError:
+        stored = {}
+    if stored.get("overrides") not in (None, overrides):
+        raise job_failed(
+            LmlabError(
+                f"{run_dir} holds a run of other overrides ({' '.join(stored['overrides'])}); "
+                f"start a new sweep with +fresh=true"
+            )
+        )
+    record = _completed_record(run_dir)
+    if record is not None and is_rank_zero():
+        value = record["value"]
+        shown = f"{record['optimized_metric']}={value}" if value is not None else "no value"
+        print(f"job {hydra.job.num}: completed in an earlier run of this sweep, skipped ({shown})")
+    return record
 
 
 def error_line(error: BaseException) -> str:

@@ -72,6 +72,8 @@ def run(cfg: DictConfig) -> float | None:
 
     Every job writes <run dir>/status.json. A failed job of a multirun raises, so that
     Hydra records it and the sweep goes on; a single run keeps its one-line error, exit 2."""
+    if (done := sweeps.completed_job(cfg)) is not None:  # a sweep run again: done before
+        return done["value"]
     try:
         value = train_and_report(cfg)
     except Exception as error:
