@@ -215,7 +215,7 @@ def test_not_a_sweep_dir_is_one_clear_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err == (
         f"lmlab-report: error: {tmp_path}: not a sweep dir; expected numbered job dirs holding "
-        ".hydra/overrides.yaml (e.g. outputs/multirun/<name>/<timestamp>)"
+        ".hydra/overrides.yaml (e.g. outputs/multirun/<name>/<hash>)"
     )
     assert not (tmp_path / "report.md").exists()
 
@@ -246,3 +246,32 @@ def test_sweep_where_every_job_failed_still_reports_them(tmp_path, capsys):
 def test_direction_guessed_from_the_metric_name():
     names = ("val/mlm_loss", "test/wer", "val/answer_f1", "val/accuracy")
     assert [guess_mode(name) for name in names] == ["min", "min", "max", "max"]
+
+
+def test_a_half_finished_sweep_is_reported(tmp_path, capsys):
+    """As a crash leaves a sweep: one job completed, one interrupted by a signal (status.json
+    says at which step), one killed mid-write (metrics.csv cut mid-row, status.json cut
+    short), one just started (only Hydra's files), the rest not started at all."""
+    sweep = tmp_path / "multirun" / "finetune" / "0a1b2c3d"
+    write_job(sweep, 0, JOBS[0], "completed", CURVES[0])
+    interrupted = write_job(sweep, 1, JOBS[1], curve=CURVES[1], final=False)
+    record = {"status": "interrupted", "error": "interrupted by SIGTERM at step 10 (...)"}
+    record |= {"optimized_metric": "val/loss", "value": None, "overrides": JOBS[1], "step": 10}
+    (interrupted / "status.json").write_text(json.dumps(record))
+    killed = write_job(sweep, 2, JOBS[2], curve={0: (0.95, 0.4), 5: (0.85, 0.45)}, final=False)
+    with (killed / "metrics.csv").open("a") as f:
+        f.write("0,6,0.8")  # the row being written when the process died
+    (killed / "status.json").write_text('{"status": "comp')
+    write_job(sweep, 3, [*JOBS[0][:3], "data.batch_size=8"])  # started, nothing logged yet
+
+    assert main([str(sweep)]) in (None, 0)
+    result = report(sweep)
+    assert [job.num for job in result["jobs"]] == [0, 1, 2, 3]
+    assert [job.status for job in result["jobs"]] == ["completed"] + ["incomplete"] * 3
+    assert result["best"].num == 0  # partial values of unfinished jobs do not compete
+    rows = {row[0]: row for row in read_report_csv(sweep / "report.csv")[1:]}
+    assert rows["1"][-1] == "interrupted by SIGTERM at step 10 (...)"
+    assert rows["1"][5] == "0.5"  # the last val/loss it logged
+    assert "not valid JSON" in rows["2"][-1] and rows["2"][5] == "0.85"
+    assert "still running, or killed" in rows["3"][-1]
+    assert (sweep / "report.md").is_file() and (sweep / "best.yaml").is_file()

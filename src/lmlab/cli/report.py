@@ -26,7 +26,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="lmlab-report",
         description="Table, best overrides and plots for a sweep (a Hydra multirun dir).",
     )
-    parser.add_argument("sweep_dir", help="e.g. outputs/multirun/<name>/<timestamp>")
+    parser.add_argument("sweep_dir", help="e.g. outputs/multirun/<name>/<hash>")
     parser.add_argument("--out", help="write the report here instead of into the sweep dir")
     parser.add_argument("--metric", help="rank by this metric (default: optimized_metric)")
     parser.add_argument("--mode", choices=("min", "max"), help="min: lower is better")

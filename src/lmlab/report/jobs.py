@@ -64,7 +64,7 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
     if not dirs:
         raise LmlabError(
             f"{sweep_dir}: not a sweep dir; expected numbered job dirs holding "
-            ".hydra/overrides.yaml (e.g. outputs/multirun/<name>/<timestamp>)"
+            ".hydra/overrides.yaml (e.g. outputs/multirun/<name>/<hash>)"
         )
     return dirs
 
@@ -119,7 +119,9 @@ def job_status(record: dict, final: dict | None) -> tuple[str, str]:
     """(status, error) from status.json's record and whether metrics.json is there."""
     status = record.get("status")
     error = record.get("error") or ""
-    if status not in (COMPLETED, FAILED):  # no status.json (killed, or written by an old lmlab)
+    # no status.json (killed, or written by an old lmlab), or interrupted (a signal: the
+    # error says at which step; a re-run of the sweep's command resumes it)
+    if status not in (COMPLETED, FAILED):
         status = COMPLETED if final is not None else INCOMPLETE
         error = "" if final is not None else error or NO_RECORD
     if status == COMPLETED and final is None:
