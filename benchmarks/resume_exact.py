@@ -6,8 +6,11 @@ python benchmarks/resume_exact.py --quick    # a few
 Each scenario trains a tiny model (2 layers, width 32) on a generated corpus twice: once
 uninterrupted, once killed at a chosen point and re-run with the same command (the re-run
 resumes the run dir's last.ckpt). It compares the final parameters (a SHA-256 of the last
-checkpoint's weights) and every logged train/val loss row (step, value). Epochs are 6
-batches (trainer.limit_train_batches=6), a last checkpoint every 3 steps, validation every 4.
+checkpoint's weights), every logged train/val loss row (step, value) and the final
+validation (metrics.json). Epochs are 6 batches (trainer.limit_train_batches=6), a last
+checkpoint every 3 steps, validation every 4. Objectives: CLM, MLM with whole-word masking,
+NSP, sequence classification, and classification with early stopping whose patience (min
+delta 1.0) runs out at step 8 only if its state from before the kill comes back.
 
 Kill points (the "kill" is in-process, KillAt raising, except `kill -9`, a subprocess
 killed from outside with SIGKILL while it waits at the kill point):
@@ -25,6 +28,7 @@ import contextlib
 import csv
 import hashlib
 import io
+import json
 import os
 import random
 import signal
@@ -46,7 +50,12 @@ OBJECTIVES = {  # name -> experiment overrides (data added by `data_overrides`)
     "mlm-wwm": ["experiment=pretrain_mlm", *ARCH["bert"], "objective.whole_word_mask=true"],
     "nsp": ["experiment=pretrain_nsp", *ARCH["bert"]],
     "classification": ["experiment=finetune_sentiment", "model=bert_tiny", *ARCH["bert"]],
-}
+    # early stopping whose patience runs out at step 8 only if its state (best score) is restored
+    "classification+es": [
+        "experiment=finetune_sentiment", "model=bert_tiny", *ARCH["bert"], "callbacks=finetune",
+        "callbacks.early_stopping.patience=1", "callbacks.early_stopping.min_delta=1.0",
+    ],
+}  # fmt: skip
 KILLS = {  # name -> (KillAt overrides, extra run overrides)
     "mid-epoch": (["+callbacks.kill.batch=10"], []),
     "epoch-boundary": (["+callbacks.kill.batch=7"], []),
@@ -77,7 +86,7 @@ def write_data(folder: Path) -> dict[str, list[str]]:
 
 
 def overrides(objective: str, workers: int, data: dict) -> list[str]:
-    source = data["labelled"] if objective == "classification" else data["text"]
+    source = data["labelled"] if objective.startswith("classification") else data["text"]
     return [
         *OBJECTIVES[objective],
         *source,
@@ -119,7 +128,14 @@ def outcome(run_dir: Path) -> dict:
     losses = [
         (key, int(r["step"]), r[key]) for r in rows for key in ("train/loss", "val/loss") if r[key]
     ]
-    return {"hash": digest.hexdigest(), "rows": losses, "step": ckpt["global_step"]}
+    final = run_dir / "metrics.json"  # the validation of the final weights (a finished run)
+    final = json.loads(final.read_text()) if final.is_file() else {}
+    final = {k: v for k, v in final.items() if k.startswith("val/") or k == "global_step"}
+    return {
+        "hash": digest.hexdigest(),
+        "rows": losses + sorted(final.items()),
+        "step": ckpt["global_step"],
+    }
 
 
 def killed_in_process(args: list[str], kill: list[str], run_dir: Path) -> None:
@@ -183,7 +199,8 @@ def plan(quick: bool) -> list[tuple[str, str, int, bool]]:
             ("nsp", "validation", 2, False),
             ("classification", "epoch-boundary", 0, False),
         ]
-    every = [(o, k, 0, False) for o in OBJECTIVES for k in KILLS]
+    every = [(o, k, 0, False) for o in OBJECTIVES if o != "classification+es" for k in KILLS]
+    every.append(("classification+es", "epoch-boundary", 0, False))
     workers = [(o, "mid-epoch", 2, False) for o in OBJECTIVES]
     return [*every, *workers, ("mlm-wwm", "mid-epoch", 0, True), ("clm", "validation", 2, True)]
 

@@ -222,10 +222,20 @@ def test_a_killed_run_re_run_ends_bit_identical(bench, objective, kill, workers)
     assert result["same_losses"] and result["same_weights"], result
 
 
+def test_without_the_rng_states_the_resumed_run_differs(bench, monkeypatch):
+    """The check can fail: dropout draws differ when the RNG states are not restored."""
+    module, root, data, references = bench
+    monkeypatch.setattr("lmlab.checkpointing.set_rng_states", lambda states: None)
+    result = module.scenario("clm", "mid-epoch", 0, data, root / "no-rng", references)
+    assert result["resumed_from"] == 9
+    assert not result["same_weights"] and not result["same_losses"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "objective, kill, workers, real_kill",
     [
+        ("classification+es", "epoch-boundary", 0, False),
         ("nsp", "validation", 2, False),
         ("classification", "epoch-boundary", 0, False),
         ("mlm-wwm", "mid-epoch", 0, True),

@@ -89,8 +89,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 class LastCheckpoint(ModelCheckpoint):
     """ModelCheckpoint saving every `every_n_train_steps` steps and/or every
     `every_n_minutes` minutes of training, whichever comes first (the clock restarts at
-    each save). A save due at a batch that a validation follows waits for its end: Lightning
-    resumes such a checkpoint past that validation, which would then never run."""
+    each save), and at the end of training. A save due at a batch that a validation follows
+    waits for its end: Lightning resumes such a checkpoint past that validation, which would
+    then never run."""
 
     def __init__(self, every_n_minutes: float | None = None, **kwargs):
         if every_n_minutes is not None and not every_n_minutes > 0:
@@ -128,6 +129,12 @@ class LastCheckpoint(ModelCheckpoint):
         if self._deferred and not trainer.sanity_checking:
             path, self._deferred = self._deferred, None
             self._save_checkpoint(trainer, path)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        """The final weights are always the last checkpoint (Lightning's ModelCheckpoint
+        saves them only when this process saved no last checkpoint before)."""
+        if self.save_last and self._last_global_step_saved != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def _save_checkpoint(self, trainer, filepath: str) -> None:
         if self._before_validation:
