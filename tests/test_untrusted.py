@@ -279,6 +279,37 @@ def test_resume_from_a_pickled_checkpoint_runs_no_code(tmp_path, tiny_overrides,
     assert not marker.exists()
 
 
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda ckpt: ckpt.pop("hyper_parameters"),
+        lambda ckpt: ckpt["hyper_parameters"]["config"].pop("objective"),
+        lambda ckpt: ckpt["hyper_parameters"]["config"]["data"].update(max_length="${oc.env:HOME}"),
+        lambda ckpt: ckpt["hyper_parameters"]["config"]["objective"].update(name="../../x"),
+    ],
+)
+def test_malformed_stored_checkpoints_are_one_line(clm_run, tmp_path, damage):
+    ckpt = torch.load(_checkpoint(clm_run), map_location="cpu", weights_only=True)
+    damage(ckpt)
+    path = tmp_path / "damaged.ckpt"
+    torch.save(ckpt, path)
+    with pytest.raises(LmlabError) as e:
+        locate(path)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_malformed_stored_run_dir_files_are_one_line(clm_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(clm_run, run)
+    (run / "config.yaml").write_text("model: [unclosed\n")
+    with pytest.raises(LmlabError, match="config.yaml: not a valid config"):
+        locate(run)
+    shutil.copy(clm_run / "config.yaml", run / "config.yaml")
+    (run / "export" / "lmlab.json").write_text(json.dumps({"objective": {}, "max_length": "x"}))
+    with pytest.raises(LmlabError, match="lmlab.json: max_length 'x'; expected an integer"):
+        locate(run)
+
+
 class Payload:
     def __init__(self, marker):
         self.marker = marker

@@ -55,7 +55,7 @@ def locate(path: str | Path) -> Stored:
                 f"{path}: an lmlab run dir without an export (has the run finished, with "
                 "export=true?); give one of its checkpoints/*.ckpt instead"
             )
-        trained = _plain(OmegaConf.load(path / "config.yaml"), path / "config.yaml")
+        trained = _plain(_read_yaml(path / "config.yaml"), path / "config.yaml")
         task = _read_json(path / "export" / TASK_FILE)
         export, asked = path / "export", _drop_trust(trained)
         return Stored("run", path, export, task.objective, task.max_length, trained, asked)
@@ -71,12 +71,18 @@ def locate(path: str | Path) -> Stored:
 
 
 def _checkpoint(path: Path) -> Stored:
-    hparams = read_checkpoint(path).get("hyper_parameters", {})
-    if not isinstance(hparams, dict) or not isinstance(hparams.get("config"), dict):
-        raise LmlabError(f"{path}: not an lmlab checkpoint (no config in its hyperparameters)")
-    trained = _plain(hparams["config"], path)
+    contents = read_checkpoint(path)
+    hparams = contents.get("hyper_parameters", {}) if isinstance(contents, dict) else None
+    config = hparams.get("config") if isinstance(hparams, dict) else None
+    trained = _plain(config, path) if isinstance(config, dict) else None  # before any select
+    max_length = OmegaConf.select(trained, "data.max_length") if trained else None
+    if not trained or "objective" not in trained or type(max_length) is not int:
+        raise LmlabError(
+            f"{path}: not an lmlab checkpoint (no config with an objective and data.max_length "
+            "in its hyperparameters)"
+        )
     asked = _drop_trust(trained)
-    return Stored("ckpt", path, None, trained.objective, trained.data.max_length, trained, asked)
+    return Stored("ckpt", path, None, trained.objective, max_length, trained, asked)
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -106,7 +112,22 @@ def _read_json(path: Path) -> DictConfig:
         raise LmlabError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
     if not isinstance(data, dict) or not isinstance(data.get("objective"), dict):
         raise LmlabError(f"{path}: expected an object with an 'objective' object")
+    if type(data.get("max_length")) is not int:
+        raise LmlabError(f"{path}: max_length {data.get('max_length')!r}; expected an integer")
     return _plain(data, path)
+
+
+def _read_yaml(path: Path) -> DictConfig:
+    from omegaconf.errors import OmegaConfBaseException
+    from yaml import YAMLError
+
+    try:
+        cfg = OmegaConf.load(path)
+    except (YAMLError, OmegaConfBaseException) as e:
+        raise LmlabError(f"{path}: not a valid config ({str(e).splitlines()[0]})") from None
+    if not isinstance(cfg, DictConfig):
+        raise LmlabError(f"{path}: expected a mapping of config sections")
+    return cfg
 
 
 # ---------------------------------------------------------------- stored files are data
