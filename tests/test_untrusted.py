@@ -225,6 +225,21 @@ def test_run_dir_config_naming_a_target_module_imports_nothing(clm_run, tmp_path
     assert "os.system" in line
 
 
+def test_export_whose_config_names_code_is_refused(clm_run, code_dir, tmp_path, capsys):
+    """An export whose config.json maps the model to its own Python (auto_map)."""
+    folder, marker = code_dir
+    export = tmp_path / "export"
+    shutil.copytree(clm_run / "export", export)
+    for file in folder.glob("*.py"):
+        shutil.copy(file, export)
+    config = json.loads((export / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForCausalLM": "modeling_evil.EvilModel"}
+    (export / "config.json").write_text(json.dumps(config))
+    line = _refused(lmlab_predict.main, [export, "the cat"], capsys)
+    assert not marker.exists()
+    assert "auto_map" in line and "config.json" in line
+
+
 def test_objective_class_resolves_only_lmlab_objectives():
     from lmlab.objectives.clm import CausalLM
     from lmlab.stored import objective_class
