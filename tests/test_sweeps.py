@@ -508,3 +508,26 @@ def test_a_fresh_sweep_trains_every_job_again(tiny, env):
     assert proc.returncode == 1
     assert f"job 0 failed: {second / '0'} holds a run of other overrides" in proc.stderr
     assert "start a new sweep with +fresh=true" in proc.stderr
+
+
+def test_the_jobs_checked_up_front_are_the_basic_sweepers():
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict, read_write
+
+    from lmlab.config import config_dir
+
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        cfg = compose("train", overrides=["seed=3"], return_hydra_config=True)
+        with read_write(cfg.hydra), open_dict(cfg.hydra):
+            cfg.hydra.overrides.task = ["objective.lr=1e-3,2e-3"]  # as -m leaves it
+            cfg.hydra.sweeper.params = {"seed": "1,2"}  # a sweep's params in a config file
+        jobs = sweeps.job_overrides(cfg)
+        with read_write(cfg.hydra), open_dict(cfg.hydra):
+            cfg.hydra.sweeper._target_ = "hydra_plugins.hydra_optuna_sweeper.OptunaSweeper"
+        assert sweeps.job_overrides(cfg) is None  # its trials are drawn as the search goes
+    assert sorted(map(tuple, jobs)) == [
+        ("seed=1", "objective.lr=0.001"),
+        ("seed=1", "objective.lr=0.002"),
+        ("seed=2", "objective.lr=0.001"),
+        ("seed=2", "objective.lr=0.002"),
+    ]

@@ -92,9 +92,10 @@ def job_overrides(config: DictConfig) -> list[list[str]] | None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     loader = GlobalHydra.instance().config_loader()
-    parsed = OverridesParser.create(config_loader=loader).parse_overrides(
-        [str(o) for o in config.hydra.overrides.task]
-    )
+    params = OmegaConf.select(config, "hydra.sweeper.params") or {}  # as BasicSweeper.sweep
+    arguments = [f"{k}={v}" for k, v in params.items()]
+    arguments += [str(o) for o in config.hydra.overrides.task]
+    parsed = OverridesParser.create(config_loader=loader).parse_overrides(arguments)
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 
