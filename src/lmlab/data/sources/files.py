@@ -175,7 +175,7 @@ def _to_dataset(columns, where, bad):
         keep = [i for i in range(len(next(iter(columns.values())))) if i not in odd]
         columns = {name: [values[i] for i in keep] for name, values in columns.items()}
         kept = Where()
-        kept.add(len(keep), lambda i: where(keep[i]))
+        kept.add(len(keep), lambda i, at=where: at(keep[i]))
         where = kept
     return Dataset.from_dict(columns), where
 
