@@ -104,6 +104,7 @@ def build_experiment(cfg: DictConfig, data: Data | None = None) -> Experiment:
     if cfg.test and "test" not in raw:
         raise LmlabError("test: true, but the data has no test split (set data.test)")
     objective_class = get_class(cfg.objective._target_)
+    check_columns(objective_class, raw, cfg.data)
     corpus = objective_class.texts(raw["train"])
     tokenizer = tokenizers.load_or_train(cfg.model, corpus, fingerprint, cfg.paths.cache_dir)
     objective = objective_class(cfg.objective, tokenizer, cfg.data.max_length, cfg.seed)
@@ -123,6 +124,19 @@ def build_experiment(cfg: DictConfig, data: Data | None = None) -> Experiment:
     )
 
 
+def check_columns(objective_class, raw, data_cfg) -> None:
+    """Every split has the canonical columns the objective needs, before it reads them."""
+    for split, dataset in raw.items():
+        for column in getattr(objective_class, "required_columns", ()):
+            if column not in dataset.column_names:
+                source = OmegaConf.select(data_cfg, f"columns.{column}") or column
+                raise LmlabError(
+                    f"data.{split}: no {source!r} column in {data_cfg.get(split)!r} (columns: "
+                    f"{', '.join(dataset.column_names)}); objective {objective_class.__name__} "
+                    f"needs one: map it with data.columns.{column}=<column>"
+                )
+
+
 def logged_metrics(objective, raw) -> tuple[set[str], bool]:
     """The metric names a validation of `objective` logs (val/...), and whether more may
     come (per-label scores such as val/f1_<label>, or a score that needs a model to list)."""
@@ -134,7 +148,8 @@ def logged_metrics(objective, raw) -> tuple[set[str], bool]:
     if type(objective).score is not Objective.score and "validation" in raw:
         open_ended = True
         try:
-            names |= set(objective.score([], raw["validation"].select([]), None))
+            scores = objective.score([], raw["validation"].select([]), None)
+            names |= {k for k, v in scores.items() if isinstance(v, int | float)}
         except Exception:  # a score that needs records or a model: names unknown here
             return set(), True
     return {f"val/{n}" for n in names}, open_ended
@@ -143,6 +158,11 @@ def logged_metrics(objective, raw) -> tuple[set[str], bool]:
 def check_monitor(monitor: str, objective, raw) -> None:
     """objective.monitor must name a metric the objective logs: checked before training."""
     known, open_ended = logged_metrics(objective, raw)
+    labels = getattr(objective, "labels", None)
+    if open_ended and labels:  # f1_<label>, or f1_<type> of B-/I- tags
+        kinds = {name[2:] if name[1:2] == "-" else name for name in map(str, labels)}
+        known |= {f"val/f1_{kind}" for kind in kinds if kind != "O"}
+        open_ended = False
     if not known or monitor in known or open_ended and monitor.startswith("val/f1_"):
         return
     raise LmlabError(

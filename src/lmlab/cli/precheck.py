@@ -72,6 +72,14 @@ def user_error(error: Exception) -> Exception:
     read) as one LmlabError line; any other error as it is."""
     if isinstance(error, OSError) and error.filename and error.strerror:
         return LmlabError(f"{error.filename}: {error.strerror}")
+    missing = re.search(r"\(monitor='([^']+)'\)`? could not find the monitored key", str(error))
+    if type(error).__name__ == "MisconfigurationException" and missing:
+        logged = re.search(r"returned metrics: \[([^\]]*)\]", str(error))
+        return LmlabError(
+            f"objective.monitor: {missing.group(1)!r} was not logged by this validation "
+            f"(a per-label score is logged only when the label occurs); logged: "
+            f"{logged.group(1) if logged else '?'}"
+        )
     return error
 
 
