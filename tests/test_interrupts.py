@@ -292,3 +292,16 @@ def test_a_launcher_handler_runs_after_the_save(tmp_path):
         assert json.loads((tmp_path / "status.json").read_text())["status"] == "interrupted"
     finally:
         signal.signal(signal.SIGUSR2, submitit_like)
+
+
+@pytest.mark.slow
+def test_sigterm_to_rank_zero_stops_every_process_of_a_ddp_run_at_one_step(
+    tmp_path, env, tiny_text_file
+):
+    """Only rank zero gets the signal (kill PID); the other process learns it at the step's
+    end, both save the checkpoint together, and only rank zero prints the continue line.
+    (Resuming a DDP run mid-epoch is the resumable loader's business, not checked here.)"""
+    args = [*quickstart(tiny_text_file, steps=20), "trainer=ddp", "trainer.devices=2"]
+    lines, code = signal_at(start(args, env, tmp_path), signal.SIGTERM, at_step=4)
+    run_dir = run_dir_of(tmp_path / "outputs")
+    check_interrupted(lines, code, signal.SIGTERM, run_dir, args)

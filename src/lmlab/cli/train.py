@@ -101,6 +101,15 @@ def main() -> None:
     except SystemExit as e:  # Hydra's errors (1), fail() (2); also a sweep with a failed job (1)
         code = e.code
     except Interrupted as e:  # SIGTERM, Ctrl-C, SIGUSR1: checkpoint and status.json written
+        if sweeps.is_rank_zero():  # not again by the other processes of a DDP run
+            print(continue_line(e, command), file=sys.stderr)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:  # Ctrl-C before the run had started: nothing to save
+        print("lmlab-train: interrupted before training started", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)
+    except RunDirLocked as e:  # the same command is running: this one touches nothing
+        fail(e)
+    except Interrupted as e:  # SIGTERM, Ctrl-C, SIGUSR1: checkpoint and status.json written
         print(continue_line(e, command), file=sys.stderr)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:  # Ctrl-C before the run had started: nothing to save
