@@ -109,14 +109,6 @@ def main() -> None:
         sys.exit(128 + signal.SIGINT)
     except RunDirLocked as e:  # the same command is running: this one touches nothing
         fail(e)
-    except Interrupted as e:  # SIGTERM, Ctrl-C, SIGUSR1: checkpoint and status.json written
-        print(continue_line(e, command), file=sys.stderr)
-        sys.exit(e.exit_code)
-    except KeyboardInterrupt:  # Ctrl-C before the run had started: nothing to save
-        print("lmlab-train: interrupted before training started", file=sys.stderr)
-        sys.exit(128 + signal.SIGINT)
-    except RunDirLocked as e:  # the same command is running: this one touches nothing
-        fail(e)
     sweep_dir = sweeps.sweep_dir()
     if sweep_dir is not None:  # a multirun: every job has run; list the failed ones
         code = sweeps.summarize(sweep_dir) or code
