@@ -487,21 +487,29 @@ def test_fresh_starts_a_new_sweep_dir_and_a_plain_rerun_takes_the_latest(tmp_pat
 
 def test_a_fresh_sweep_trains_every_job_again(tiny, env):
     args = ["-m", *tiny, "objective.lr=1e-3"]
-    assert lmlab_train(args, env).returncode == 0
-    first = the_sweep_dir(env)
+    first = sweep_dir_of(Path(env["LMLAB_OUTPUT_DIR"]), args[1:])  # the command's sweep dir
+    (first / "0").mkdir(parents=True)  # as an earlier run of the command left it
     proc = lmlab_train([*args, "+fresh=true"], env)
 
     assert proc.returncode == 0, proc.stderr[-3000:]
     second = Path(f"{first}-1")
     assert_complete(second / "0")
-    assert "skipped" not in proc.stdout
+    assert "skipped" not in proc.stdout and "continuing" not in proc.stdout
     status = json.loads((second / "0" / "status.json").read_text())
     assert "+fresh=true" not in status["overrides"]  # a flag of the command, not of a job
     sweep_config = yaml.safe_load((second / "multirun.yaml").read_text())
     assert "+fresh=true" not in sweep_config["hydra"]["overrides"]["task"]
 
-    # the plain command goes on with the latest sweep; a job dir whose status.json holds
-    # other overrides (as a search that drew otherwise leaves) is not reused
+    # the plain command goes on with the latest sweep of the command
+    before = mtimes(second / "0")
+    proc = lmlab_train(args, env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"continuing the sweep in {second}: 1 job(s) completed earlier" in proc.stdout
+    assert "job 0: completed in an earlier run of this sweep, skipped" in proc.stdout
+    assert mtimes(second / "0") == before
+
+    # a job dir whose status.json holds other overrides (as a search that drew otherwise
+    # leaves) is not reused
     status["overrides"][-1] = "objective.lr=0.5"
     (second / "0" / "status.json").write_text(json.dumps(status))
     proc = lmlab_train(args, env)
