@@ -201,10 +201,12 @@ def test_submitit_local_runs_a_job(tiny, env):
 
 
 def test_single_run_error_keeps_its_one_line_and_writes_status(env):
-    proc = lmlab_train(["data=files"], env)  # data.train left out: fails before training
+    # a missing data file fails before training (a config mistake, such as data.train left
+    # out, fails earlier still: before Hydra makes a run dir, so without a status.json)
+    proc = lmlab_train(["data=files", "data.train=missing.txt"], env)
 
     assert proc.returncode == 2
-    message = "data.train: required here; set it to a file, directory or glob (data.train=...)"
+    message = "data.train: no file matches 'missing.txt'"
     assert proc.stderr.strip().splitlines()[-1] == f"lmlab-train: error: {message}"
     (status_file,) = (Path(env["LMLAB_OUTPUT_DIR"]) / "train").glob("*/status.json")
     status = json.loads(status_file.read_text())
@@ -213,7 +215,7 @@ def test_single_run_error_keeps_its_one_line_and_writes_status(env):
         "error": message,
         "optimized_metric": "val/loss",
         "value": None,
-        "overrides": ["data=files"],
+        "overrides": ["data=files", "data.train=missing.txt"],
     }
 
 

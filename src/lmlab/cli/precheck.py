@@ -38,12 +38,13 @@ def check_command(args: list[str]) -> None:
     overrides = list(parsed.overrides)
     if parsed.config_dir:
         overrides.append(f"hydra.searchpath=[file://{parsed.config_dir}]")
-    if parsed.multirun:
+    sweep = parsed.multirun or any(o.is_sweep_override() for o in _parse(overrides))
+    if sweep:  # with -m, or a search (hparams_search=...) that sets Hydra's multirun mode
         overrides = _first_job(overrides)
     cfg = compose_or_explain(overrides, parsed.config_name or "train")
     if parsed.cfg:
         return
-    if not parsed.multirun:
+    if not sweep:
         validate(cfg)
     for key in ("paths.output_dir", "paths.cache_dir"):
         check_writable(key, OmegaConf.select(cfg, key))
