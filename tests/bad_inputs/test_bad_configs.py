@@ -29,7 +29,7 @@ CASES = {
     # the issue's: Hydra's multi-line message today
     "experiment nope": (["experiment=nope"], ["experiment=nope", "quickstart", "pretrain_bert"]),
     "model key typo": (["model.hiden_size=3"], ["model.hiden_size", "model.config"]),
-    "lr abc": (["objective.lr=abc"], ["objective.lr", "float", "'abc'"]),
+    "lr abc": (["objective.lr=abc"], ["objective.lr", "a number", "'abc'"]),
     "seed x": (["seed=x"], ["seed", "integer", "'x'"]),
     "logger foo": (["logger=foo"], ["logger=foo", "csv", "tensorboard"]),
     "trainer tpu": (["trainer=tpu"], ["trainer=tpu", "default", "gpu"]),

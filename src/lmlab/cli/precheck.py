@@ -190,16 +190,19 @@ def _composition_message(e: Exception, overrides: list[str]) -> str:
 def _type_expected(message: str) -> str:
     kind = re.search(r"converted to (\w+)", message)
     if kind:
-        return f"expected a{'n' if kind.group(1)[0] in 'IE' else ''} {kind.group(1).lower()}"
+        kind = {"Float": "number", "Integer": "integer", "Boolean": "boolean (true or false)"}.get(
+            kind.group(1), kind.group(1).lower()
+        )
+        return f"expected a{'n' if kind[0] in 'ie' else ''} {kind}"
     return message
 
 
 def _unknown_key(key: str, within: str | None, text: str) -> str:
     if within and within != "train":  # set by a config file, e.g. an experiment
+        group = key.split(".")[0]
         return (
-            f"{key}: set by {within}.yaml, but not a setting of the chosen "
-            f"{key.split('.')[0]}; {within} was written for another {key.split('.')[0]} "
-            f"(drop the {key.split('.')[0]}= override, or pick a {within.split('/')[0]} for it)"
+            f"{key}: set by {within}.yaml, which is written for another {group}; drop the "
+            f"{group}= override, or choose a {within.split('/')[0]} made for that {group}"
         )
     parent, _, leaf = key.rpartition(".")
     if parent == "model":
