@@ -83,7 +83,7 @@ class DataModule(pl.LightningDataModule):
         """Training batches: the objective's random choices (MLM masks, ...) are drawn from a
         seed of (data seed, epoch, batch number), the same in any process and after a resume."""
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(rows.seed)
+            torch.manual_seed(getattr(rows, "seed", 0))  # Rows, unless read row by row
             return self.objective.collate(list(rows))
 
     def _train_position(self) -> dict:
