@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _cases(name: str):
+    sys.path.insert(0, str(ROOT / "tests" / "bad_inputs"))  # their harness module
     spec = importlib.util.spec_from_file_location(name, ROOT / "tests" / "bad_inputs" / name)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

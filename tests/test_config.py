@@ -239,3 +239,81 @@ def test_finished_run_dir_is_never_reused(tmp_path):
     Path(second).mkdir()
     (Path(second) / "metrics.json").write_text("{}")
     assert resolvers._run_dir(out, "exp", "x=1") == f"{first}-2"
+
+
+# the edges of every range check are accepted (tests/bad_inputs/ has the values beyond them)
+EDGES = [
+    "objective.warmup_ratio=0",
+    "objective.warmup_ratio=1",
+    "objective.betas=[0,0.999]",
+    "objective.scheduler=cosine",
+    "objective.monitor_mode=max",
+    "objective.layer_lr_decay=1",
+    "trainer.max_steps=-1",
+    "trainer.max_steps=1",
+    "trainer.max_epochs=-1",
+    "trainer.devices=auto",
+    "trainer.devices=-1",
+    "trainer.devices=[0,1]",
+    "trainer.precision=bf16-mixed",
+    "trainer.precision=16",
+    "trainer.max_time=00:01:30:00",
+    "trainer.val_check_interval=0.5",
+    "trainer.val_check_interval=100",
+    "trainer.limit_val_batches=0",
+    "trainer.limit_val_batches=0.25",
+    "trainer.gradient_clip_val=null",
+    "data.num_workers=0",
+    "data.val_fraction=0",
+    "data.delimiter=|",
+    "data.encoding=latin-1",
+    "data.labels=[neg,pos]",
+    "model.config.n_embd=64",
+    "+model.config.resid_pdrop=0",
+    "+model.config.scale_attn_weights=false",
+    "seed=0",
+]
+
+
+@pytest.mark.parametrize("override", EDGES)
+def test_range_edges_pass(override, tmp_path):
+    lmconfig.validate(compose(["experiment=quickstart", override], run_dir=str(tmp_path)))
+
+
+def test_mlm_edges_pass(tmp_path):
+    cfg = compose(
+        [
+            "experiment=pretrain_mlm",
+            "objective.mlm_probability=0.5",
+            "objective.mask_replace_prob=1",
+            "objective.random_replace_prob=0",
+        ],
+        run_dir=str(tmp_path),
+    )
+    lmconfig.validate(cfg)
+
+
+def test_hf_config_defaults_read_from_the_source():
+    """Both styles of transformers config classes: annotated attributes and __init__."""
+    gpt2 = lmconfig.hf_config_defaults("gpt2")
+    assert gpt2["n_embd"] == 768 and gpt2["resid_pdrop"] == 0.1
+    assert lmconfig.hf_config_defaults("bert")["hidden_size"] == 768
+    assert lmconfig.hf_config_defaults("no_such_model") == {}
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"n_embd": 0}, r"model\.config\.n_embd: expected a number > 0, got 0"),
+        ({"n_layer": "2"}, r"model\.config\.n_layer: expected an integer, got '2'"),
+        ({"resid_pdrop": 1.0}, r"resid_pdrop: expected a probability in \[0, 1\)"),
+        ({"scale_attn_weights": 1}, r"scale_attn_weights: expected true or false"),
+        ({"layer_norm_epsilon": -1e-5}, r"layer_norm_epsilon: expected a number > 0"),
+    ],
+)
+def test_model_config_values_typed_by_the_defaults(values, message):
+    from lmlab.config_checks import check_model_config
+
+    with pytest.raises(LmlabError, match=message):
+        check_model_config(values, lmconfig.hf_config_defaults("gpt2"))
+    check_model_config({"n_embd": 64, "resid_pdrop": 0.0, "n_inner": None}, {"n_embd": 768})

@@ -459,7 +459,8 @@ def test_label_setting_errors(tmp_path):
     with pytest.raises(LmlabError, match=r"data\.labels: 'x' appears more than once"):
         load_source(make_cfg(train=ok, validation=ok, labels=["x", "y", "x"]), seed=0)
     mixed = write(tmp_path / "m.jsonl", '{"text": "a", "label": 1}\n{"text": "b", "label": "x"}\n')
-    with pytest.raises(LmlabError, match=r"m\.jsonl:2: column 'label' holds a string here but a number"):
+    message = r"m\.jsonl:2: column 'label' holds a string here but a number"
+    with pytest.raises(LmlabError, match=message):
         load_source(make_cfg(train=mixed, validation=mixed), seed=0)
 
 

@@ -3,6 +3,7 @@ the key (or option, or file:line) and what was expected, in under 3 seconds, bef
 is read and without a run dir. `{tmp}` in an argument stands for the test's tmp_path."""
 
 import pytest
+from bad_input_harness import make_runner
 
 QUICK = ["experiment=quickstart"]
 MLM = ["experiment=pretrain_mlm"]
@@ -92,6 +93,11 @@ CASES = {
     "hf model without a name": (["model=hf"], ["model.name_or_path", "required"]),
     "sweep with a bad option": (["-m", "experiment=nope", "seed=1,2"], ["experiment=nope"]),
 }
+
+
+@pytest.fixture
+def lmlab_train(monkeypatch, capsys, tmp_path):
+    return make_runner(monkeypatch, capsys, tmp_path)
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ Files are tiny and written into tmp_path; lmlab-train runs in this process."""
 import json
 
 import pytest
+from bad_input_harness import make_runner
 
 from lmlab.data.sources import load_source
 from lmlab.data.sources.settings import data_config
@@ -229,6 +230,11 @@ def _files(case, tmp_path):
         paths["validation"] = str(_write(tmp_path / validation[0], validation[1]))
         args.append(f"data.validation={paths['validation']}")
     return [a.format(**paths) for a in args], paths
+
+
+@pytest.fixture
+def lmlab_train(monkeypatch, capsys, tmp_path):
+    return make_runner(monkeypatch, capsys, tmp_path)
 
 
 @pytest.mark.parametrize(

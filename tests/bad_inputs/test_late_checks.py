@@ -3,9 +3,17 @@ the monitored metric is one the objective logs, and the objective's columns exis
 
 import json
 
+import pytest
+from bad_input_harness import make_runner
+
 CLS = ["objective=sequence_classification", "model=bert_tiny", "data=files"]
 TINY = ["model.tokenizer.vocab_size=200", "trainer.max_steps=2"]
 ROWS = "good film,pos\nbad film,neg\nfine,pos\nok,neg\nmeh,neg\n"
+
+
+@pytest.fixture
+def lmlab_train(monkeypatch, capsys, tmp_path):
+    return make_runner(monkeypatch, capsys, tmp_path)
 
 
 def test_monitor_not_logged_by_the_objective(lmlab_train, tmp_path):

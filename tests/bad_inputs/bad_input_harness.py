@@ -1,12 +1,13 @@
-"""Runs lmlab-train in this process (lmlab.cli.train.main with sys.argv patched), with its
+"""The harness of tests/bad_inputs: a plain module, not a conftest.py, so that other tests'
+`from conftest import ...` keeps finding tests/conftest.py.
+
+Runs lmlab-train in this process (lmlab.cli.train.main with sys.argv patched), with its
 output and cache dirs in tmp_path, and checks what a person sees of a bad input: exit 2,
 one line on stderr, `lmlab-train: error: ...`, no traceback."""
 
 import sys
 import time
 from dataclasses import dataclass
-
-import pytest
 
 
 @dataclass
@@ -30,9 +31,8 @@ class Outcome:
             assert needle in self.message, f"{needle!r} not in {self.message!r}"
 
 
-@pytest.fixture
-def lmlab_train(monkeypatch, capsys, tmp_path):
-    """lmlab_train(args) -> Outcome of `lmlab-train <args>`."""
+def make_runner(monkeypatch, capsys, tmp_path):
+    """run(args) -> Outcome of `lmlab-train <args>` (each test module's lmlab_train fixture)."""
     import lmlab.cli.train
 
     monkeypatch.chdir(tmp_path)
