@@ -18,16 +18,17 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY_ARCH
 
 SCRIPT = Path(sys.executable).parent / "lmlab-train"
+# a 2-layer width-32 GPT (conftest.TINY_ARCH, which tests/bad_inputs/conftest.py shadows)
+TINY_GPT = ["++model.config.n_embd=32", "++model.config.n_layer=2", "++model.config.n_head=2"]
 STEP_LINE = re.compile(r"^epoch \d+\s+step (\d+)/")
 
 
 def quickstart(corpus: Path, steps: int) -> list[str]:
     return [
         "experiment=quickstart",
-        *TINY_ARCH["gpt2"],
+        *TINY_GPT,
         "model.tokenizer.vocab_size=300",
         "data=files",
         f"data.train={corpus}",

@@ -14,11 +14,12 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TINY_ARCH
 
 from lmlab.runlock import LOCK_FILE, RunDirLocked, acquire, hold
 
 SCRIPT = Path(sys.executable).parent / "lmlab-train"
+# a 2-layer width-32 GPT (conftest.TINY_ARCH, which tests/bad_inputs/conftest.py shadows)
+TINY_GPT = ["++model.config.n_embd=32", "++model.config.n_layer=2", "++model.config.n_head=2"]
 
 HOLD = """
 import sys, time
@@ -93,7 +94,7 @@ def test_two_identical_commands_one_trains_the_other_exits_with_the_lock_line(
     env["LMLAB_CACHE_DIR"] = str(lmlab_cache_dir)
     args = [
         "experiment=quickstart",
-        *TINY_ARCH["gpt2"],
+        *TINY_GPT,
         "model.tokenizer.vocab_size=300",
         f"data={tiny_text_file}",
         "data.max_length=32",
