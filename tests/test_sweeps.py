@@ -541,3 +541,14 @@ def test_the_jobs_checked_up_front_are_the_basic_sweepers():
         ("seed=2", "objective.lr=0.001"),
         ("seed=2", "objective.lr=0.002"),
     ]
+
+
+def test_fresh_with_a_sweep_dir_of_ones_own_is_refused(tiny, env, tmp_path):
+    mine = tmp_path / "my sweep, one"
+    proc = lmlab_train(["-m", *tiny, "+fresh=true", f"hydra.sweep.dir='{mine}'"], env)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"lmlab-train: error: +fresh=true: hydra.sweep.dir is set on the command line ({mine}), "
+        "so the sweep goes there; give another dir to start afresh"
+    ]
+    assert not mine.exists()

@@ -58,6 +58,13 @@ def pin_sweep_dir(config: DictConfig) -> Path:
     task = [str(o) for o in config.hydra.overrides.task]
     hydra_overrides = [str(o) for o in config.hydra.overrides.hydra]
     pinned = [o for o in hydra_overrides if records.override_key(o) != "hydra.sweep.dir"]
+    if records.is_fresh(task) and len(pinned) < len(hydra_overrides):
+        print(
+            f"lmlab-train: error: +fresh=true: hydra.sweep.dir is set on the command line "
+            f"({sweep}), so the sweep goes there; give another dir to start afresh",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     with read_write(config.hydra), open_dict(config.hydra):
         config.hydra.sweep.dir = str(sweep)
         config.hydra.overrides.task = [
