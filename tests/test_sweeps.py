@@ -7,6 +7,7 @@ file; the session's LMLAB_CACHE_DIR is shared, so the tokenizer is trained once.
 has its own LMLAB_OUTPUT_DIR, so it finds exactly one sweep dir.
 """
 
+import csv
 import json
 import os
 import signal
@@ -552,3 +553,35 @@ def test_fresh_with_a_sweep_dir_of_ones_own_is_refused(tiny, env, tmp_path):
         "so the sweep goes there; give another dir to start afresh"
     ]
     assert not mine.exists()
+
+
+@pytest.mark.slow  # ~80 s on 2 busy cores
+def test_a_sweep_stopped_with_ctrl_c_continues_where_it_stopped(tiny_overrides, env):
+    args = ["-m", *tiny_overrides("gpt2", steps=30), "trainer.validate_at_start=false"]
+    args += ["objective.sample_max_new_tokens=4", "export=false"]
+    args += ["callbacks.last_checkpoint.every_n_train_steps=2", "objective.lr=1e-3,2e-3"]
+    first = subprocess.Popen(
+        [str(SCRIPT), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        cwd=Path(env["LMLAB_OUTPUT_DIR"]).parent, text=True,
+    )  # fmt: skip
+    try:
+        multirun = Path(env["LMLAB_OUTPUT_DIR"]) / "multirun" / "train"
+        ckpt = "0/checkpoints/last.ckpt"
+        wait_for(lambda: multirun.is_dir() and any(multirun.glob(f"*/{ckpt}")), first)
+        first.send_signal(signal.SIGINT)  # Ctrl-C: the job saves its step and stops the sweep
+        _, err = first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 128 + signal.SIGINT, err[-3000:]
+    sweep = the_sweep_dir(env)
+    stopped = json.loads((sweep / "0" / "status.json").read_text())
+    assert stopped["status"] == "interrupted" and not (sweep / "1").exists()
+
+    again = lmlab_train(args, env)
+
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resuming from {sweep / '0' / 'checkpoints' / 'last.ckpt'}" in again.stdout
+    assert [s["status"] for s in statuses(sweep).values()] == ["completed", "completed"]
+    steps = [int(row["step"]) for row in csv.DictReader((sweep / "0" / "metrics.csv").open())]
+    assert steps == sorted(steps) and max(steps) == 29  # one run of steps, ended at the last
