@@ -76,3 +76,18 @@ def test_write_new_keeps_the_first_file(tmp_path):
     path = tmp_path / "tracking_id"
     assert write_new(path, "first\n") and not write_new(path, "second\n")
     assert path.read_text() == "first\n" and [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+@pytest.mark.parametrize(
+    "overrides, fresh",
+    [
+        (["objective.lr=1e-3,3e-3"], False),
+        (["+fresh=true", "seed=1"], True),
+        (["++fresh=True"], True),
+        (["fresh='yes'"], True),
+        (["+fresh=false"], False),
+        (["+refresh=true"], False),  # another key
+    ],
+)
+def test_a_sweep_command_asks_for_a_fresh_sweep_with_fresh_true(overrides, fresh):
+    assert records.is_fresh(overrides) is fresh
