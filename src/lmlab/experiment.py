@@ -149,9 +149,12 @@ def logged_metrics(objective, raw) -> tuple[set[str], bool]:
         open_ended = True
         try:
             scores = objective.score([], raw["validation"].select([]), None)
-            names |= {k for k, v in scores.items() if isinstance(v, int | float)}
         except Exception:  # a score that needs records or a model: names unknown here
             return set(), True
+        scored = {k for k, v in scores.items() if isinstance(v, int | float)}
+        if not scored:  # a score that names nothing without records (QA): unknown here
+            return set(), True
+        names |= scored
     return {f"val/{n}" for n in names}, open_ended
 
 
