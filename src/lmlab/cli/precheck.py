@@ -202,7 +202,7 @@ def _unknown_key(key: str, within: str | None, text: str) -> str:
         group = key.split(".")[0]
         return (
             f"{key}: set by {within}.yaml, which is written for another {group}; drop the "
-            f"{group}= override, or choose a {within.split('/')[0]} made for that {group}"
+            f"{group}= override, or choose another {within.split('/')[0]} made for that {group}"
         )
     parent, _, leaf = key.rpartition(".")
     if parent == "model":
