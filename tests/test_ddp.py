@@ -254,3 +254,21 @@ def test_ddp_jobs_of_a_multirun_each_train_in_their_own_job_dir(
         assert sorted(p.name for p in (sweep / job).glob("*.log")) == ["train.log"]
     lrs = [json.loads((sweep / j / "status.json").read_text())["overrides"][-1] for j in "01"]
     assert lrs == ["objective.lr=0.001", "objective.lr=0.003"]
+
+
+@pytest.mark.slow
+def test_a_ddp_run_resumes_mid_epoch(tmp_path, lmlab_cache_dir):
+    """A DDP checkpoint taken mid-epoch resumes (it failed with an IndexError in Lightning's
+    sampler wrapper once the training loader skipped the batches already done)."""
+    output = tmp_path / "outputs"
+    args = ["experiment=quickstart", "trainer=ddp", "trainer.devices=2"]
+    first = [*args, "trainer.max_steps=3", "callbacks.last_checkpoint.every_n_train_steps=3"]
+    run_a = f"paths.run_dir={tmp_path / 'a'}"
+    proc = lmlab_train([*first, run_a], tmp_path, output, lmlab_cache_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    resume = f"resume={tmp_path / 'a' / 'checkpoints' / 'last.ckpt'}"
+    later = [*args, "trainer.max_steps=6", resume, f"paths.run_dir={tmp_path / 'b'}"]
+    proc = lmlab_train(later, tmp_path, output, lmlab_cache_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resuming from" in proc.stdout
+    assert max(val_losses(tmp_path / "b")) == 6

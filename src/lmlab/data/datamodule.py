@@ -229,6 +229,11 @@ class ResumableLoader(DataLoader):
     def __init__(self, *args, position=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.position = position
+        self.skip = 0  # batches to leave out of the next pass, where the sampler cannot
+
+    def __iter__(self):
+        skip, self.skip = self.skip, 0
+        return itertools.islice(super().__iter__(), skip, None)
 
     def _resumable(self) -> ResumableSampler | None:
         sampler = self.sampler  # under DDP, Lightning's wrapper of ours
@@ -242,3 +247,5 @@ class ResumableLoader(DataLoader):
         sampler = self._resumable()
         if sampler is not None and state:
             sampler.resume_at(state["epoch"], state["batches"], state["epoch_batches"])
+            if sampler is not self.sampler:  # DDP: Lightning's wrapper deals out the whole
+                self.skip, sampler.skip = sampler.skip, 0  # order; this rank skips its batches
