@@ -275,3 +275,23 @@ def test_a_half_finished_sweep_is_reported(tmp_path, capsys):
     assert "not valid JSON" in rows["2"][-1] and rows["2"][5] == "0.85"
     assert "still running, or killed" in rows["3"][-1]
     assert (sweep / "report.md").is_file() and (sweep / "best.yaml").is_file()
+
+
+def test_config_values_are_read_as_written_and_never_resolved(tmp_path):
+    """A sweep dir is data: a ${...} in a job's config.yaml runs no resolver (lmlab's
+    package_model imports a package), and the next file's plain value is used instead."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from lmlab.report.jobs import job_config_value
+
+    calls = []
+    OmegaConf.register_new_resolver("lmlab_test_probe", lambda x: calls.append(x) or x)
+    job = tmp_path / "0"
+    (job / ".hydra").mkdir(parents=True)
+    (job / "config.yaml").write_text("objective:\n  monitor: ${lmlab_test_probe:val/x}\n")
+    (job / ".hydra" / "config.yaml").write_text("objective:\n  monitor: val/loss\n")
+    assert job_config_value([SimpleNamespace(path=job)], "objective.monitor") == "val/loss"
+    assert job_config_value([SimpleNamespace(path=job)], "objective.nope") is None
+    assert calls == []

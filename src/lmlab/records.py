@@ -141,7 +141,8 @@ def swept_keys(sweep: Path, sweeper_params: Iterable[str] = ()) -> set[str]:
     keys = {override_key(str(k)) for k in sweeper_params}
     sweep_file = sweep / "multirun.yaml"
     if sweep_file.is_file():
-        command = list(OmegaConf.load(sweep_file).hydra.overrides.task)
+        loaded = OmegaConf.to_container(OmegaConf.load(sweep_file), resolve=False)  # data only
+        command = [str(t) for t in loaded["hydra"]["overrides"]["task"]]
         parsed = OverridesParser.create().parse_overrides(command)
         keys |= {override_key(t) for t, o in zip(command, parsed) if o.is_sweep_override()}
     return keys

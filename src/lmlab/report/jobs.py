@@ -167,12 +167,25 @@ def job_config_value(jobs: list[Job], key: str) -> str | None:
             if not path.is_file():
                 continue
             try:
-                value = OmegaConf.select(OmegaConf.load(path), key)
-            except Exception:  # an interpolation that needs Hydra's resolvers: try the next file
+                value = as_written(OmegaConf.load(path), key)
+            except Exception:  # not a YAML mapping: try the next file
                 continue
-            if value is not None:
+            if value is not None and "${" not in str(value):  # Hydra's ${...}: next file
                 return str(value)
     return None
+
+
+def as_written(cfg, key: str):
+    """`key` (dotted) of a loaded config, never resolving a `${...}`: a sweep dir is data, and
+    a resolver (lmlab's package_model imports a package) must not run from it."""
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.to_container(cfg, resolve=False)
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
 
 
 def optuna_direction(sweep_dir: Path) -> str | None:
