@@ -245,3 +245,23 @@ def test_more_kill_points_end_bit_identical(bench, objective, kill, workers, rea
     module, root, data, references = bench
     result = module.scenario(objective, kill, workers, data, root, references, real_kill)
     assert result["same_losses"] and result["same_weights"], result
+
+
+def test_a_resume_under_changed_data_or_architecture_is_refused(tmp_path, tiny_overrides):
+    """Weights trained under one corpus, tokenizer or architecture are not resumed under
+    another without being asked: one line names what changed; resume_check=false forces it."""
+    from lmlab.build import compose, train
+
+    first = tmp_path / "first"
+    train(compose([*tiny_overrides("gpt2", 2)], run_dir=str(first)))
+    checkpoint = f"resume={first / 'checkpoints' / 'last.ckpt'}"
+    other_text = tmp_path / "other.txt"
+    other_text.write_text("\n\n".join(f"another corpus, document {i}." * 8 for i in range(60)))
+    other_data = [*tiny_overrides("gpt2", 4), f"data.train={other_text}", checkpoint]
+    with pytest.raises(LmlabError, match=r"^resume: .*another data and tokenizer than"):
+        train(compose(other_data, run_dir=str(tmp_path / "b")))
+    wider = [*tiny_overrides("gpt2", 4), "++model.config.n_embd=48", checkpoint]
+    with pytest.raises(LmlabError, match=r"another architecture than .*resume_check=false"):
+        train(compose(wider, run_dir=str(tmp_path / "c")))
+    forced = train(compose([*other_data, "resume_check=false"], run_dir=str(tmp_path / "d")))
+    assert "export" in forced and (tmp_path / "d" / "metrics.json").is_file()  # not refused

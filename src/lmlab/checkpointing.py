@@ -189,3 +189,33 @@ class KillAt(Callback):
             Path(trainer.default_root_dir, "killme").write_text(str(os.getpid()))
             time.sleep(600)
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def run_identity(datamodule, tokenizer, model) -> dict:
+    """What a run's weights were trained with, which a resume must not change silently: the
+    data (source fingerprint), the tokenizer and the architecture (every tensor's shape)."""
+    import hashlib
+    import json
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    vocab = backend.to_str() if backend else json.dumps(sorted(tokenizer.get_vocab().items()))
+    shapes = json.dumps(sorted((n, list(t.shape)) for n, t in model.state_dict().items()))
+    return {
+        "data": datamodule.source_fingerprint,
+        "tokenizer": hashlib.sha1(vocab.encode()).hexdigest(),
+        "architecture": hashlib.sha1(shapes.encode()).hexdigest(),
+    }
+
+
+def check_resume(path: str, identity: dict) -> None:
+    """Refuses, in one line, to resume `path` under other data, tokenizer or architecture
+    than it was trained with (checkpoints from before this check carry no identity)."""
+    stored = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    stored = stored.get("lmlab_identity") or {}
+    changed = [key for key, value in identity.items() if key in stored and stored[key] != value]
+    if changed:
+        raise LmlabError(
+            f"resume: {path} was trained with another {' and '.join(changed)} than this "
+            "command has; to start fresh, delete its run dir or use another (name=...); to "
+            "resume it anyway, add resume_check=false"
+        )

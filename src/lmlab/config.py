@@ -254,6 +254,7 @@ class TrainConfig:
     optimized_metric: str | None = None
     seed: int = 42
     resume: str | None = None  # checkpoint file or run dir; default: the run dir's last.ckpt
+    resume_check: bool = True  # refuse to resume under changed data, tokenizer or architecture
     export: bool = True
     test: bool = False  # also run the test split after training
     # After training, reload the best checkpoint (objective.monitor) before the final

@@ -55,6 +55,8 @@ class TaskModule(pl.LightningModule):
         from lmlab.checkpointing import rng_states
 
         checkpoint["lmlab_rng_states"] = rng_states()
+        if getattr(self, "identity", None):  # what check_resume compares a re-run with
+            checkpoint["lmlab_identity"] = self.identity
         if self._trainer is not None and self.trainer.fit_loop._should_accumulate():
             grads = {n: p.grad for n, p in self.named_parameters() if p.grad is not None}
             checkpoint["lmlab_accumulated_grads"] = grads

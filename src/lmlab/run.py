@@ -120,16 +120,20 @@ def train(cfg: DictConfig) -> dict:
 
 def fit_and_export(exp: Experiment, trainer) -> dict:
     """train(), once the objects exist: every process of a multi-process run runs it."""
+    from lmlab.checkpointing import check_resume, run_identity
     from lmlab.export import save_pretrained
     from lmlab.fileutil import write_json, write_text
     from lmlab.loggers import close as close_loggers
 
     cfg = exp.config
     run_dir = Path(cfg.paths.run_dir)
+    checkpoint = resume_checkpoint(cfg)
+    exp.module.identity = run_identity(exp.datamodule, exp.tokenizer, exp.model)
+    if checkpoint and cfg.resume_check:  # before config.yaml is replaced
+        check_resume(checkpoint, exp.module.identity)
     if trainer.is_global_zero:  # the other processes of a DDP run share rank zero's run dir
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
-    checkpoint = resume_checkpoint(cfg)
     if checkpoint:
         print(f"resuming from {checkpoint}", flush=True)
     elif cfg.trainer.validate_at_start:  # the starting point of the validation curve
