@@ -46,7 +46,10 @@ PRECISIONS = (
     "bf16",
 )
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "tpu", "auto")
+# The data choices, here (no heavy imports) for the checks at start-up and for lmlab.data.sources.
+SOURCES = ("files", "hub", "pydoc")
 FORMATS = ("auto", "text", "csv", "tsv", "json", "jsonl", "conll", "squad")
+DOCUMENTS = ("blank_line", "line", "file")
 
 
 def _num(v) -> bool:
@@ -172,9 +175,9 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "objective.decoding.top_k": (lambda v: _int(v) and v >= 0, "an integer >= 0"),
     "objective.decoding.top_p": (lambda v: _num(v) and 0 < v <= 1, "a number in (0, 1]"),
     "objective.decoding.repetition_penalty": (positive, "a number > 0"),
-    "data.source": (one_of("files", "hub", "pydoc"), "files, hub or pydoc"),
+    "data.source": (one_of(*SOURCES), "files, hub or pydoc"),
     "data.format": (one_of(*FORMATS), "one of " + ", ".join(FORMATS)),
-    "data.documents": (one_of("blank_line", "line", "file"), "blank_line, line or file"),
+    "data.documents": (one_of(*DOCUMENTS), "blank_line, line or file"),
     "data.delimiter": (_delimiter, "one character (\\t: tab)"),
     "data.encoding": (_codec, "a Python codec name: utf-8, latin-1, cp1252, ..."),
     "data.labels": (_labels, "a non-empty list of distinct labels, or null (those in train)"),

@@ -8,11 +8,9 @@ import functools
 from collections.abc import Mapping
 from dataclasses import asdict, fields, is_dataclass
 
+from lmlab.config_checks import DOCUMENTS, FORMATS, SOURCES
 from lmlab.errors import LmlabError
 
-SOURCES = ("files", "hub", "pydoc")
-FORMATS = ("auto", "text", "csv", "tsv", "json", "jsonl", "conll", "squad")
-DOCUMENTS = ("blank_line", "line", "file")
 SPLITS = ("train", "validation", "test")
 CANONICAL = (
     *("text", "text_pair", "label", "tokens", "tags", "document"),
