@@ -1,6 +1,22 @@
 """Shared pytest fixtures."""
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import pytest
+
+
+def load_benchmark(name: str = "resume_exact"):
+    """benchmarks/<name>.py as a module (resume_exact's `outcome` is what "bit-identical"
+    compares: final weights' hash and logged losses)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # its dataclasses look themselves up there
+    spec.loader.exec_module(module)
+    return module
+
 
 # ---------------------------------------------------------------- tiny tokenizers
 # Used by test_objectives.py and test_tokenizers.py: a WordPiece (BERT) and a byte-level BPE

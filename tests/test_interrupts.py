@@ -4,7 +4,8 @@ and exit with 128+signal; the same command then continues from that step and com
 second Ctrl-C quits at once; SIGUSR1 under SLURM requeues the job.
 
 The CLI chain is real `lmlab-train experiment=quickstart` subprocesses (tiny model, the tiny
-corpus); the signal arrives when the run prints a progress line, i.e. mid-training.
+corpus); the signal arrives when the run prints a progress line, i.e. mid-training. The
+re-run ends bit-identical to an uninterrupted run (weights hash, logged losses).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_benchmark
 
 SCRIPT = Path(sys.executable).parent / "lmlab-train"
 # a 2-layer width-32 GPT (conftest.TINY_ARCH, which tests/bad_inputs/conftest.py shadows)
@@ -129,6 +131,15 @@ def test_a_signal_saves_the_step_and_the_same_command_continues(
     assert min(steps_printed(lines)) == stopped + 1  # continued from the saved step
     assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
     assert json.loads((run_dir / "metrics.json").read_text())["global_step"] == 20
+
+    # ... and exactly: the same weights and logged losses as the run never interrupted
+    env = dict(env, LMLAB_OUTPUT_DIR=str(tmp_path / "uninterrupted"))
+    whole = subprocess.run(
+        [str(SCRIPT), *args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    outcome = load_benchmark().outcome
+    assert outcome(run_dir) == outcome(run_dir_of(tmp_path / "uninterrupted"))
 
 
 @pytest.mark.slow

@@ -5,9 +5,7 @@ uninterrupted one (benchmarks/resume_exact.py, a few of its scenarios)."""
 
 from __future__ import annotations
 
-import importlib.util
 import random
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,22 +13,11 @@ import datasets
 import numpy as np
 import pytest
 import torch
+from conftest import load_benchmark
 
 from lmlab.checkpointing import AtomicCheckpointIO, LastCheckpoint, rng_states, set_rng_states
 from lmlab.data.datamodule import DataModule, Keyed, ResumableSampler, Rows, batch_seed
 from lmlab.errors import LmlabError
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_benchmark():
-    path = ROOT / "benchmarks" / "resume_exact.py"
-    spec = importlib.util.spec_from_file_location("resume_exact", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["resume_exact"] = module
-    spec.loader.exec_module(module)
-    return module
-
 
 # ---------------------------------------------------------------- the loader's position
 
