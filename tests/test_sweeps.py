@@ -585,3 +585,18 @@ def test_a_sweep_stopped_with_ctrl_c_continues_where_it_stopped(tiny_overrides, 
     assert [s["status"] for s in statuses(sweep).values()] == ["completed", "completed"]
     steps = [int(row["step"]) for row in csv.DictReader((sweep / "0" / "metrics.csv").open())]
     assert steps == sorted(steps) and max(steps) == 29  # one run of steps, ended at the last
+
+
+def test_the_same_sweep_command_while_it_runs_stops_with_the_lock_line(tiny, env, tmp_path):
+    from lmlab import runlock
+
+    sweep = tmp_path / "sweep"
+    held = runlock.acquire(sweep)  # as the first of two identical commands holds it
+    try:
+        proc = lmlab_train(["-m", *tiny, "seed=1,2", f"hydra.sweep.dir={sweep}"], env)
+    finally:
+        held.release()
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith(f"lmlab-train: error: {sweep}: in use by process {os.getpid()}")
+    assert not sweep.exists()  # no job started; released, nothing left behind

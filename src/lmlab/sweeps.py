@@ -22,10 +22,11 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from lmlab import records
+from lmlab import records, runlock
 from lmlab.errors import LmlabError
 
 _sweep_dirs: list[Path] = []  # filled by SweepSummary in the process that runs the sweeper
+_sweep_locks: list[runlock.RunLock] = []  # one writer per sweep dir, as per run dir
 
 
 class JobFailed(CompactHydraException):
@@ -34,12 +35,14 @@ class JobFailed(CompactHydraException):
 
 class SweepSummary(Callback):
     """Configured in conf/hydra/default.yaml (hydra.callbacks.sweep_summary): before the
-    sweeper starts, pins the sweep dir for every job, checks every job's config, and
-    remembers the dir for the summary."""
+    sweeper starts, pins the sweep dir for every job, checks every job's config, locks
+    the dir (the same sweep command started twice: the second stops, RunDirLocked), and
+    remembers it for the summary."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         sweep = pin_sweep_dir(config)
         check_jobs(config, sweep)
+        _sweep_locks.append(runlock.acquire(sweep))
         announce_continuation(sweep)
         _sweep_dirs.append(sweep)
 
@@ -325,8 +328,10 @@ def best_lines(sweep: Path, statuses: dict[int, dict | None]) -> list[str]:
 
 
 def summarize(sweep: Path) -> int:
-    """Prints the best parameters (Optuna) and one line per failed job; returns the exit
-    status of the sweep: 1 when a job failed, else 0."""
+    """Releases the sweep dir, prints the best parameters (Optuna) and one line per failed
+    job; returns the exit status of the sweep: 1 when a job failed, else 0."""
+    while _sweep_locks:
+        _sweep_locks.pop().release()
     statuses = records.read_statuses(sweep) if sweep.is_dir() else {}
     for line in best_lines(sweep, statuses):
         print(line)
