@@ -9,6 +9,7 @@ transformers or lightning: the CLI uses it for `--help` and `--cfg job`.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import functools
 import importlib.util
 import json
@@ -22,6 +23,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from lmlab.config_checks import check_model_config, check_settings, init_defaults
 from lmlab.errors import LmlabError
+from lmlab.records import FRESH_KEY
 from lmlab.resolvers import register_resolvers
 
 
@@ -364,6 +366,7 @@ def validate(cfg: DictConfig) -> None:
     for key, needed, what in required:
         if needed and OmegaConf.select(cfg, key) is None:
             raise LmlabError(f"{key}: required here; set it to {what} ({key}=...)")
+    check_known_keys(cfg)
     check_settings(cfg)
     model = cfg.model
     model_type = _local_model_type(model.name_or_path) or model.model_type
@@ -377,6 +380,32 @@ def validate(cfg: DictConfig) -> None:
     if known:
         values = OmegaConf.to_container(model.config, resolve=True)
         check_model_config(values, hf_config_defaults(model_type))
+
+
+def check_known_keys(node: DictConfig, path: str = "") -> None:
+    """Every key of a node a schema describes (data, objective, trainer, ...) is one of the
+    schema's: `+data.batchsize=3` would otherwise be accepted and silently ignored. Free-form
+    nodes (model.config, trainer.kwargs, callbacks, logger) take any key."""
+    schema = OmegaConf.get_type(node)
+    if dataclasses.is_dataclass(schema):
+        known = {f.name for f in dataclasses.fields(schema)} | ({FRESH_KEY} if not path else set())
+        for key in node:
+            if key not in known:
+                raise LmlabError(unknown_key(f"{path}{key}", known))
+    for key in node:
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_none() and not child._is_missing():
+            check_known_keys(child, f"{path}{key}.")
+
+
+def unknown_key(key: str, known: set[str]) -> str:
+    """One line for a key that is not in its node's schema: the nearest and every valid one."""
+    import difflib
+
+    leaf = key.rpartition(".")[2]
+    near = difflib.get_close_matches(leaf, sorted(known), n=1, cutoff=0.6)
+    hint = f" (did you mean {key[: -len(leaf)]}{near[0]}?)" if near else ""
+    return f"{key}: no such key{hint}; expected one of: {', '.join(sorted(known))}"
 
 
 def _close(key: str, known: set[str]) -> list[str]:

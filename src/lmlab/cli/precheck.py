@@ -7,6 +7,7 @@ exit 2, before Hydra prints its multi-line message or creates a run dir.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import re
@@ -17,7 +18,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lmlab.config import config_dir, validate
+from lmlab.config import config_dir, unknown_key, validate
 from lmlab.errors import LmlabError
 
 # Hydra flags after which no config is composed (or a config path we cannot mirror)
@@ -181,7 +182,7 @@ def _composition_message(e: Exception, overrides: list[str]) -> str:
     message = str(getattr(cause, "msg", cause)).splitlines()[0]
     within = re.match(r"In '([^']+)':", text)
     if "not in" in message or "is not in struct" in message:
-        return _unknown_key(key, within.group(1) if within else None, text)
+        return _unknown_key(key, within.group(1) if within else None, text, cause)
     value = next((o.split("=", 1)[1] for o in overrides if o.split("=")[0] == key), None)
     got = f", got {value!r}" if value is not None else ""
     return f"{key}: {_type_expected(message)}{got}"
@@ -197,7 +198,7 @@ def _type_expected(message: str) -> str:
     return message
 
 
-def _unknown_key(key: str, within: str | None, text: str) -> str:
+def _unknown_key(key: str, within: str | None, text: str, cause: Exception) -> str:
     if within and within != "train":  # set by a config file, e.g. an experiment
         group = key.split(".")[0]
         return (
@@ -210,6 +211,9 @@ def _unknown_key(key: str, within: str | None, text: str) -> str:
             f"{key}: not a key of model; architecture settings go under model.config "
             f"(model.config.{leaf}=...)"
         )
-    if "+" + key in text or "To append" in text:
+    schema = getattr(cause, "object_type", None)
+    if dataclasses.is_dataclass(schema):  # `+` would add a key that nothing reads
+        return unknown_key(key, {f.name for f in dataclasses.fields(schema)})
+    if "+" + key in text or "To append" in text:  # a free-form node: model.config, trainer.kwargs
         return f"{key}: no such key; to add a new key use +{key}=..."
     return f"{key}: no such key"
