@@ -211,3 +211,88 @@ def test_every_documented_eval_predict_and_report_command_parses():
             except (LmlabError, SystemExit) as e:
                 failures.append(f"{where}: {shlex.join(argv)}: {e}")
     assert not failures, "\n".join(failures)
+
+
+# ---------------------------------------------------------------- slow: run them
+
+DATA_DIR = Path(os.environ.get("LMLAB_DATA_DIR", ROOT.parent / "shared" / "data"))
+needs_data = pytest.mark.skipif(
+    not (DATA_DIR / "sst2").is_dir(), reason=f"the shared data is not in {DATA_DIR}"
+)
+
+
+def runnable(command: Command) -> bool:
+    """Trains here: no GPU, hub, cluster or API key needed, not a documented mistake."""
+    return (
+        command.argv[0] in ("lmlab-train", "lmlab-chain")
+        and command.error is None
+        and "--cfg" not in command.argv
+        and not NEEDS_ELSEWHERE.search(" ".join(command.argv))
+    )
+
+
+def short(argv: list[str]) -> list[str]:
+    """A documented command cut to a few steps (debug=default), a search to 2 trials."""
+    if argv[0] == "lmlab-chain":
+        return [argv[0], *(f"{stage} debug=default" for stage in argv[1:])]
+    args = [*train_args(argv[1:]), "debug=default"]
+    if any(a.startswith("hparams_search=") for a in args):
+        args.append("hydra.sweeper.n_trials=2")
+    return [argv[0], *args]
+
+
+RUNNABLE = list({shlex.join(c.argv): c for c in COMMANDS if runnable(c)}.values())
+
+
+@pytest.mark.slow
+@needs_data
+@pytest.mark.parametrize("command", RUNNABLE, ids=[c.where for c in RUNNABLE])
+def test_every_documented_training_command_trains(command, docs_dir, lmlab_cache_dir):
+    run = lmlab(short(command.argv), docs_dir, **run_env(docs_dir, lmlab_cache_dir))
+    assert run.returncode == 0, f"{shlex.join(short(command.argv))}\n{run.stderr[-3000:]}"
+
+
+def run_env(docs_dir: Path, cache_dir: Path) -> dict:
+    return {
+        "LMLAB_OUTPUT_DIR": str(docs_dir / "outputs"),
+        "LMLAB_CACHE_DIR": str(cache_dir),
+        "LMLAB_DATA_DIR": str(DATA_DIR),
+    }
+
+
+def finished(docs_dir: Path, cache_dir: Path, train: list[str], kind: str) -> Path:
+    """outputs/<name>/<HASH> (and outputs/multirun/<name>/<HASH>) made to stand for a run
+    (sweep) of `train`, as the docs' `<hash>` does."""
+    run = lmlab(["lmlab-train", *train, "debug=default"], docs_dir, **run_env(docs_dir, cache_dir))
+    assert run.returncode == 0, run.stderr[-3000:]
+    name = next(a.split("=")[1] for a in train if a.startswith("experiment="))
+    parent = docs_dir / "outputs" / ("multirun" if kind == "sweep" else "") / name
+    made = max((p for p in parent.iterdir() if p.name != HASH), key=lambda p: p.stat().st_mtime)
+    link = parent / HASH
+    link.unlink(missing_ok=True)
+    link.symlink_to(made)
+    return link
+
+
+@pytest.mark.slow
+@needs_data
+def test_every_documented_eval_predict_and_report_command_runs(docs_dir, lmlab_cache_dir):
+    for experiment in ("finetune_sentiment", "finetune_ner", "finetune_qa_extractive"):
+        finished(docs_dir, lmlab_cache_dir, [f"experiment={experiment}"], "run")
+    sweep = ["-m", "experiment=finetune_sentiment", "objective.lr=1e-4,3e-4"]
+    finished(docs_dir, lmlab_cache_dir, sweep, "sweep")
+    (docs_dir / "outputs" / "multirun" / "train").mkdir(parents=True, exist_ok=True)
+    sweep_link = docs_dir / "outputs" / "multirun" / "train" / HASH
+    sweep_link.unlink(missing_ok=True)
+    sweep_link.symlink_to(
+        (docs_dir / "outputs" / "multirun" / "finetune_sentiment" / HASH).resolve()
+    )
+    failures = []
+    for where, argv, error in COMMANDS:
+        if argv[0] in ("lmlab-eval", "lmlab-predict", "lmlab-report") and error is None:
+            if not (docs_dir / argv[1]).exists():  # README's transcript of test_untrusted.py files
+                continue
+            run = lmlab(argv, docs_dir, **run_env(docs_dir, lmlab_cache_dir))
+            if run.returncode != 0:
+                failures.append(f"{where}: {shlex.join(argv)}\n{run.stderr[-2000:]}")
+    assert not failures, "\n".join(failures)

@@ -40,6 +40,9 @@ CASES = {
     "columns typo": (["data.columns.txt=body"], ["data.columns.text?", "text_pair"]),
     "data key typo": (["data.batchsize=3"], ["data.batch_size?", "eval_batch_size"]),
     "added with plus": (["+objective.lrr=1"], ["objective.lr?", "warmup_ratio"]),
+    "one value for a group": (["data.columns=body"], ["data.columns", "group of settings"]),
+    "setting deleted": (["~data.batch_size"], ["data.batch_size", "cannot be deleted"]),
+    "unknown flag": (["--cfg", "jobb"], ["--cfg", "'jobb'", "--help"]),
     # the issue's: misleading today
     "data file missing": (["data=does_not_exist.txt"], ["does_not_exist.txt", "no such file"]),
     "experiment for another objective": (

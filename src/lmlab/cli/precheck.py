@@ -32,10 +32,9 @@ def check_command(args: list[str]) -> None:
 
     if any(a.split("=")[0] in _SKIP for a in args):
         return
-    try:
-        parsed = get_args_parser().parse_args(args)
-    except SystemExit:  # argparse has printed its usage line
-        raise
+    parser = get_args_parser()
+    parser.error = _usage_error  # one line, not argparse's usage block
+    parsed = parser.parse_args(args)
     overrides = list(parsed.overrides)
     if parsed.config_dir:
         overrides.append(f"hydra.searchpath=[file://{parsed.config_dir}]")
@@ -49,6 +48,10 @@ def check_command(args: list[str]) -> None:
         validate(cfg)
     for key in ("paths.output_dir", "paths.cache_dir"):
         check_writable(key, OmegaConf.select(cfg, key))
+
+
+def _usage_error(message: str):
+    raise LmlabError(f"{message} (lmlab-train --help lists the options)")
 
 
 def check_writable(key: str, path: str | None) -> None:
@@ -189,6 +192,10 @@ def _composition_message(e: Exception, overrides: list[str]) -> str:
 
 
 def _type_expected(message: str) -> str:
+    if "is not a subclass of" in message or re.match(r"Cannot assign \w+ to Dict", message):
+        return "expected a group of settings (key.<name>=value), not one value"
+    if "does not support deletion" in message:
+        return "a setting cannot be deleted (~key); set it instead (key=value)"
     kind = re.search(r"converted to (\w+)", message)
     if kind:
         kind = {"Float": "number", "Integer": "integer", "Boolean": "boolean (true or false)"}.get(
