@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lmlab.fileutil import write_file, write_text
+from lmlab.fileutil import write_text
 from lmlab.report.jobs import (
     Job,
     Target,
@@ -24,7 +24,7 @@ from lmlab.report.jobs import (
     read_jobs,
     swept_params,
 )
-from lmlab.report.plots import curves_figure, params_figure, scored_jobs
+from lmlab.report.plots import curves_figure, draw_run, params_figure, save_figure, scored_jobs
 from lmlab.report.tables import Table, best_yaml, build_table, csv_text, report_markdown
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "best_job",
     "choose_target",
     "curves_figure",
+    "draw_run",
     "guess_mode",
     "params_figure",
     "rank",
@@ -41,10 +42,6 @@ __all__ = [
     "report",
     "swept_params",
 ]
-
-
-def save_figure(fig, path: Path) -> Path:
-    return write_file(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
 
 
 def report(
