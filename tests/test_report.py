@@ -214,8 +214,9 @@ def test_not_a_sweep_dir_is_one_clear_error(tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err == (
-        f"lmlab-report: error: {tmp_path}: not a sweep dir; expected numbered job dirs holding "
-        ".hydra/overrides.yaml (e.g. outputs/multirun/<name>/<hash>)"
+        f"lmlab-report: error: {tmp_path}: neither a run dir (holding metrics.json, metrics.csv, "
+        "status.json or config.yaml) nor a sweep dir (numbered job dirs holding "
+        ".hydra/overrides.yaml, e.g. outputs/multirun/<name>/<hash>)"
     )
     assert not (tmp_path / "report.md").exists()
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from lmlab import records
 from lmlab.fileutil import write_file
 from lmlab.records import COMPLETED, FAILED
-from lmlab.report.jobs import Job, Target, guess_mode, read_curve_rows
+from lmlab.report.jobs import SEED, Group, Job, Target, guess_mode, read_curve_rows
 from lmlab.report.tables import UNSET
 
 MAX_LEGEND = 10  # curves named in a legend; also the most values ticked on a numeric axis
@@ -27,15 +27,29 @@ def short_names(params: list[str]) -> dict[str, str]:
     return {p: t if tails.count(t) == 1 else p for p, t in zip(params, tails)}
 
 
-def job_label(job: Job, params: list[str]) -> str:
-    values = job.override_values()
+def short_value(value: str, width: int = 28) -> str:
+    """A long value (a path) as its end, which is what tells such values apart."""
+    return value if len(value) <= width else "…" + value[-(width - 1) :]
+
+
+def settings_text(values: dict[str, str], params: list[str]) -> str:
     names = short_names(params)
-    settings = ", ".join(f"{names[p]}={values.get(p, UNSET)}" for p in params)
-    return f"{job.num}: {settings}" if settings else f"job {job.num}"
+    return ", ".join(f"{names[p]}={short_value(str(values.get(p) or UNSET))}" for p in params)
 
 
-def curve(job: Job, metric: str) -> tuple[list[float], list[float]]:
-    points = [(row["step"], row[metric]) for row in job.curve_rows if metric in row]
+def job_label(job: Job, params: list[str]) -> str:
+    settings = settings_text(job.override_values(), params)
+    return f"{job.label}: {settings}" if settings else f"job {job.label}"
+
+
+def group_label(group: Group, params: list[str]) -> str:
+    settings = settings_text(group.params, [p for p in params if p != SEED])
+    return f"{settings or 'all'} (seeds {' '.join(group.seeds())})"
+
+
+def series(rows: list[dict[str, float]], metric: str) -> tuple[list[float], list[float]]:
+    """(steps, values) of a metric in metrics.csv's rows."""
+    points = [(row["step"], row[metric]) for row in rows if metric in row]
     return [s for s, _ in points], [v for _, v in points]
 
 
@@ -49,26 +63,39 @@ def new_figure(width: float, height: float):
     return fig
 
 
-def curves_figure(jobs: list[Job], params: list[str], target: Target):
+def curves_figure(jobs: list[Job], params: list[str], target: Target, groups=None):
     """The ranked metric (and val/loss, if that is another metric) against the step, one line
-    per job with logged values; unfinished jobs dashed."""
+    per job with logged values; unfinished jobs dashed. With seed groups, a group's jobs share
+    a colour and one legend entry. The legend sits below the panels (labels can be long)."""
     metrics = [target.metric] + ["val/loss"] * (target.metric != "val/loss")
-    metrics = [m for m in metrics if any(curve(job, m)[0] for job in jobs)] or [target.metric]
-    fig = new_figure(6.5 * len(metrics), 4.5)
+    metrics = [m for m in metrics if any(series(j.curve_rows, m)[0] for j in jobs)]
+    metrics = metrics or [target.metric]
+    colors, labels = {}, {}  # job path -> colour, label (of a group's first job only)
+    for i, group in enumerate(groups or [[job] for job in jobs]):
+        members = group.jobs if groups else group
+        for job in members:
+            colors[job.path] = f"C{i % 10}"
+        labels[members[0].path] = group_label(group, params) if groups else None
+    fig = new_figure(6.5 * len(metrics), 5)
     for ax, metric in zip(fig.subplots(1, len(metrics), squeeze=False)[0], metrics):
         for job in jobs:
-            steps, values = curve(job, metric)
+            steps, values = series(job.curve_rows, metric)
             if steps:
                 style = "-" if job.status == COMPLETED else "--"
-                ax.plot(steps, values, style, marker=".", label=job_label(job, params))
+                label = labels.get(job.path) or (None if groups else job_label(job, params))
+                ax.plot(steps, values, style, marker=".", color=colors[job.path],
+                        label=label or "_nolegend_")  # fmt: skip
         ax.set(xlabel="step", ylabel=metric, title=metric)
         ax.grid(alpha=0.3)
-        lines = ax.get_lines()
-        if lines:  # jobs come ranked: a long sweep's legend names its best ones
-            title = f"best {MAX_LEGEND} of {len(lines)}" if len(lines) > MAX_LEGEND else None
-            ax.legend(handles=lines[:MAX_LEGEND], fontsize="small", title=title)
-        else:
+        if not ax.get_lines():
             ax.text(0.5, 0.5, "nothing logged", ha="center", transform=ax.transAxes)
+    named = [line for line in fig.axes[0].get_lines() if not line.get_label().startswith("_")]
+    if named:  # jobs come ranked: a long sweep's legend names its best ones
+        title = f"best {MAX_LEGEND} of {len(named)}" if len(named) > MAX_LEGEND else None
+        wide = max(len(line.get_label()) for line in named) > 12 * len(metrics) * 5
+        columns = 1 if wide or len(named) <= 3 else 2  # two columns when they fit the width
+        fig.legend(handles=named[:MAX_LEGEND], loc="outside lower center", fontsize="small",
+                   title=title, ncols=columns)  # fmt: skip
     return fig
 
 
@@ -95,7 +122,10 @@ def param_axis(ax, raw: list[str]) -> list[float]:
     numbers = as_numbers(raw)
     if numbers is None:
         categories = sorted(set(raw))
-        ax.set_xticks(range(len(categories)), categories, rotation=20)
+        names = [short_value(c, 20) for c in categories]
+        rotation = 20 if sum(map(len, names)) > 24 else 0
+        ax.set_xticks(range(len(categories)), names, rotation=rotation,
+                      ha="right" if rotation else "center")  # fmt: skip
         ax.set_xlim(-0.5, len(categories) - 0.5)
         return [categories.index(v) for v in raw]
     if spans_decades(numbers):
@@ -106,21 +136,48 @@ def param_axis(ax, raw: list[str]) -> list[float]:
     return numbers
 
 
-def params_figure(jobs: list[Job], params: list[str], target: Target):
-    """The ranked metric against each swept parameter, one panel each."""
+def params_figure(jobs: list[Job], params: list[str], target: Target, groups=None):
+    """The ranked metric against each swept parameter, one panel each; points carry their job
+    (when few enough to read). With seed groups, each group's mean ± std beside its points."""
     scored = scored_jobs(jobs, target)
-    fig = new_figure(4.5 * len(params), 4)
+    fig = new_figure(4.5 * len(params), 4.2)
     for ax, param in zip(fig.subplots(1, len(params), squeeze=False)[0], params):
         xs = param_axis(ax, [job.override_values().get(param, UNSET) for job in scored])
         scores = [job.metrics[target.metric] for job in scored]
         for x, y, job in zip(xs, scores, scored):
             filled = job.status == COMPLETED  # hollow: the last value of an unfinished job
-            ax.plot([x], [y], "o", color="C0", mfc="C0" if filled else "none")
-            ax.annotate(str(job.num), (x, y), xytext=(4, 4), textcoords="offset points")
+            ax.plot([x], [y], "o", color="C0", mfc="C0" if filled else "none", alpha=0.7)
+            if len(scored) <= MAX_LEGEND:
+                ax.annotate(job.label, (x, y), xytext=(4, 4), textcoords="offset points")
+        if groups and param != SEED:
+            group_bars(ax, groups, dict(zip((j.path for j in scored), xs)), target)
         ax.set(xlabel=param, ylabel=target.metric)
         ax.grid(alpha=0.3)
     fig.suptitle(f"{target.metric} ({target.mode}) by swept parameter")
     return fig
+
+
+def group_bars(ax, groups, x_of: dict, target: Target) -> None:
+    """Each seed group's mean ± sample std (ddof=1), a little right of its jobs' points."""
+    for group in groups:
+        x = next((x_of[j.path] for j in group.jobs if j.path in x_of), None)
+        mean = group.mean(target.metric)
+        if x is not None and mean is not None:
+            x = beside(x, list(x_of.values()), ax.get_xscale() == "log")
+            ax.errorbar([x], [mean], yerr=[group.std(target.metric) or 0.0], fmt="s",
+                        color="C3", capsize=4, label="seed group: mean ± std")  # fmt: skip
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(handles[:1], labels[:1], fontsize="small", loc="best")
+
+
+def beside(x: float, xs: list[float], log: bool) -> float:
+    """`x` moved right by a sixth of the smallest gap between the values of `xs`."""
+    scale = math.log10 if log else float
+    points = sorted({scale(v) for v in xs})
+    gap = min((b - a for a, b in zip(points, points[1:])), default=1.0)
+    moved = scale(x) + gap / 6
+    return 10**moved if log else moved
 
 
 # ---------------------------------------------------------------- the pictures of one run
@@ -192,17 +249,12 @@ def is_score(metric: str) -> bool:
 
 
 def smoothed(values: list[float]) -> list[float]:
-    """A centred moving average over about a twentieth of the points (noisy train losses)."""
-    half = max(len(values) // 40, 1)
+    """A centred moving average over about a seventh of the points (noisy train losses)."""
+    half = max(len(values) // 15, 1)
     return [
         sum(window) / len(window)
         for window in (values[max(i - half, 0) : i + half + 1] for i in range(len(values)))
     ]
-
-
-def series(rows: list[dict[str, float]], metric: str) -> tuple[list[float], list[float]]:
-    points = [(row["step"], row[metric]) for row in rows if metric in row]
-    return [s for s, _ in points], [v for _, v in points]
 
 
 def split_final(rows, final: dict, metric: str):
@@ -350,7 +402,7 @@ def confusion_figure(confusion: dict, split: str):
     fig = new_figure(size + 1.2, size)
     ax = fig.subplots()
     image = ax.imshow(fractions, cmap="Blues", vmin=0, vmax=1)
-    font = "medium" if n <= 8 else "x-small"
+    font = "large" if n <= 4 else "medium" if n <= 8 else "x-small"
     for i in range(n):
         for j in range(n):
             color = "white" if fractions[i][j] > 0.55 else "black"
