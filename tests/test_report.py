@@ -351,6 +351,29 @@ def test_jobs_differing_only_in_seed_form_one_row_with_mean_std_n(tmp_path, caps
     printed = capsys.readouterr().out
     assert "| 0 1 2 | 1 2 3 | 3 | 1e-4 | 0.82 ± 0.02 | 3 completed |" in printed
 
+    drawn = (result[k] for k in ("jobs", "params", "target", "groups"))
+    lr_ax, seed_ax = params_figure(*drawn).axes
+    group_points = [line for line in lr_ax.get_lines() if line.get_marker() == "s"]
+    assert sorted(line.get_ydata()[0] for line in group_points) == pytest.approx([0.82, 0.88])
+    assert not [line for line in seed_ax.get_lines() if line.get_marker() == "s"]
+
+
+def test_report_curves_one_colour_and_legend_entry_per_seed_group(tmp_path):
+    sweep = tmp_path / "sweep"
+    for num, (lr, seed) in enumerate([("1e-4", 1), ("1e-4", 2), ("3e-4", 1), ("3e-4", 2)]):
+        write_job(sweep, num, [f"objective.lr={lr}", f"seed={seed}"], "completed", CURVES[num % 2])
+    result = report(sweep)
+    fig = curves_figure(*(result[k] for k in ("jobs", "params", "target", "groups")))
+    colours = {}
+    for job, line in zip(result["jobs"], fig.axes[0].get_lines()):
+        colours.setdefault(job.override_values()["objective.lr"], set()).add(line.get_color())
+    assert [len(c) for c in colours.values()] == [1, 1] and colours["1e-4"] != colours["3e-4"]
+    (legend,) = fig.legends
+    assert sorted(t.get_text() for t in legend.get_texts()) == [
+        "lr=1e-4 (seeds 1 2)",
+        "lr=3e-4 (seeds 1 2)",
+    ]
+
 
 def test_a_seed_only_sweep_is_one_group_and_a_lone_seed_has_no_std(tmp_path):
     six_seeds = {("1e-4", str(seed)): v for seed, v in enumerate(SEEDED.values())}
