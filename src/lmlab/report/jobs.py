@@ -261,6 +261,13 @@ def optuna_direction(sweep_dir: Path | None) -> str | None:
     return modes.get(str(direction).lower())
 
 
+def headline(metric: str) -> bool:
+    """Whether a metric compares settings at a glance: not one class's F1 (f1_<label>),
+    precision or recall (F1 sums them up) or global_step."""
+    name = metric.split("/", 1)[-1]
+    return not name.startswith("f1_") and name not in ("precision", "recall", "global_step")
+
+
 def guess_mode(metric: str) -> str:
     """min for losses and error rates (val/mlm_loss, test/wer), max for scores."""
     words = set(re.split(r"[^a-z]+", metric.lower()))

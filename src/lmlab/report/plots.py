@@ -15,7 +15,7 @@ from pathlib import Path
 from lmlab import records
 from lmlab.fileutil import write_file
 from lmlab.records import COMPLETED, FAILED
-from lmlab.report.jobs import SEED, Group, Job, Target, guess_mode, read_curve_rows
+from lmlab.report.jobs import SEED, Group, Job, Target, guess_mode, headline, read_curve_rows
 from lmlab.report.tables import UNSET
 
 MAX_LEGEND = 10  # curves named in a legend; also the most values ticked on a numeric axis
@@ -241,11 +241,8 @@ def final_split(final: dict, name: str) -> str | None:
 
 def is_score(metric: str) -> bool:
     """A headline score of the task (accuracy, f1, exact_match): not a loss or another
-    lower-is-better number (perplexity), not one class's F1 (f1_<label>, in a picture of their
-    own), not precision or recall (F1 sums them up)."""
-    name = metric.split("/", 1)[-1]
-    parts = ("precision", "recall")
-    return guess_mode(metric) == "max" and not name.startswith("f1_") and name not in parts
+    lower-is-better number (perplexity); per-class F1 have a picture of their own."""
+    return guess_mode(metric) == "max" and headline(metric)
 
 
 def smoothed(values: list[float]) -> list[float]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmlab.records import override_key
-from lmlab.report.jobs import SEED, STATUS_ORDER, Group, Job, Target
+from lmlab.report.jobs import SEED, STATUS_ORDER, Group, Job, Target, headline
 
 UNSET = "(unset)"  # a swept key that this job's overrides do not set
 GROUP_NOTE = (
@@ -64,13 +64,6 @@ def status_counts(jobs: list[Job]) -> str:
     """`2 completed, 1 failed`."""
     counts = {s: sum(job.status == s for job in jobs) for s in STATUS_ORDER}
     return ", ".join(f"{n} {s}" for s, n in counts.items() if n)
-
-
-def headline(metric: str) -> bool:
-    """Not one class's F1 (f1_<label>), precision or recall (F1 sums them up) or global_step:
-    a group's row keeps to what compares settings (report.csv has every metric)."""
-    name = metric.split("/", 1)[-1]
-    return not name.startswith("f1_") and name not in ("precision", "recall", "global_step")
 
 
 def build_group_table(groups: list[Group], params: list[str], target: Target) -> Table:
