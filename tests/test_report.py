@@ -422,4 +422,4 @@ def test_run_dirs_side_by_side(tmp_path, capsys):
     assert err.startswith(f"lmlab-report: error: {tmp_path / 'nope'}: not a directory")
     with pytest.raises(SystemExit):
         main([str(dirs[0]), str(dirs[0])])
-    assert "the same run dir given twice" in capsys.readouterr().err
+    assert capsys.readouterr().err.startswith(f"lmlab-report: error: {dirs[0]}: the same run dir")

@@ -69,8 +69,8 @@ class Target:
 def not_runs(path: Path) -> LmlabError:
     return LmlabError(
         f"{path}: neither a run dir (holding {', '.join(RUN_FILES[:-1])} or {RUN_FILES[-1]}) "
-        "nor a sweep dir "
-        "(numbered job dirs holding .hydra/overrides.yaml, e.g. outputs/multirun/<name>/<hash>)"
+        "nor a sweep dir (numbered job dirs holding .hydra/overrides.yaml, "
+        "e.g. outputs/multirun/<name>/<hash>)"
     )
 
 
@@ -194,11 +194,12 @@ def read_runs(paths: list[Path]) -> tuple[list[Job], Path | None]:
 
 
 def short_paths(dirs: list[Path]) -> list[str]:
-    """The dirs relative to the folder they share (`finetune_ner/0b9217df`), their own names
-    when that is all they share; one dir: its name."""
+    """The dirs relative to the folder they share (`0b9217df`, or `finetune_ner/0b9217df` for
+    runs of two experiments); one dir: its name."""
     resolved = [d.resolve() for d in dirs]
-    if len(set(resolved)) < len(resolved):
-        raise LmlabError(f"{dirs[0]}: the same run dir given twice; give each once")
+    for i, path in enumerate(resolved):
+        if path in resolved[:i]:
+            raise LmlabError(f"{dirs[i]}: the same run dir given twice; give each once")
     if len(dirs) == 1:
         return [dirs[0].name]
     common = Path(os.path.commonpath(resolved))
