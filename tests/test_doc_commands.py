@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
+from conftest import tiny_corpus_text
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -103,7 +104,7 @@ def stages(argv: list[str]) -> list[list[str]]:
 
 # ---------------------------------------------------------------- the files the docs name
 
-CORPUS = "\n\n".join(f"Paragraph {i} of a tiny corpus, with a few words in it." for i in range(40))
+CORPUS = tiny_corpus_text(paragraphs=800)  # enough for a few blocks of 128 tokens to validate
 REVIEWS = "review,sentiment\n" + "".join(
     f"{text} {i},{label}\n"
     for i in range(12)
