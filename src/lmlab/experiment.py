@@ -114,9 +114,7 @@ def build_experiment(cfg: DictConfig, data: Data | None = None) -> Experiment:
     model, new = models.load_or_create(cfg.model, head, tokenizer, extra)
     datamodule = DataModule(raw, fingerprint, objective, cfg.data, cfg.paths.cache_dir)
     start_from_pretrained(cfg.model, model, new, objective, datamodule)
-    model = adapters.wrap(
-        model, cfg.objective, head, new
-    )  # objective.peft: LoRA, once the head exists
+    model = adapters.wrap(model, cfg.objective, head, new)  # objective.peft: head set
     return Experiment(
         config=cfg,
         tokenizer=tokenizer,
