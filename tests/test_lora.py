@@ -94,13 +94,12 @@ def test_only_the_adapters_and_the_head_train(objective, lora, tmp_path):
     from lmlab.module import parameter_groups
 
     grouped = [p for g in parameter_groups(exp.model, exp.module.optim) for p in g["params"]]
-    assert {id(p) for p in grouped} == {id(p) for n, p in exp.model.named_parameters() if n in names}
+    wanted = {id(p) for n, p in exp.model.named_parameters() if n in names}
+    assert {id(p) for p in grouped} == wanted
     assert 0 < sum(p.numel() for p in grouped) < sum(p.numel() for p in exp.model.parameters()) / 5
 
 
-def test_training_changes_only_adapters_and_head_and_the_merged_export_is_the_model(
-    lora, tmp_path
-):
+def test_training_changes_only_adapters_and_head_and_the_merged_export_is_the_model(lora, tmp_path):
     """After 4 steps every frozen tensor is bitwise the starting one; the merged export
     loads with AutoModelForSequenceClassification (no lmlab, no peft imported) and gives
     the trained LoRA model's logits."""
@@ -149,7 +148,8 @@ def test_the_adapter_export_loads_with_peft_and_lmlab_eval(lora, pretrained, tmp
     from lmlab.run import evaluate
 
     run_dir = tmp_path / "run"
-    metrics = train_quietly(lora("sequence_classification", "objective.lora.export=adapter"), run_dir)
+    overrides = lora("sequence_classification", "objective.lora.export=adapter")
+    metrics = train_quietly(overrides, run_dir)
     export = run_dir / "export"
     assert (export / "adapter_config.json").is_file()
     assert not (export / "model.safetensors").exists()  # the adapter only, not a whole model
@@ -240,4 +240,3 @@ def test_target_modules_the_model_lacks_name_the_key_and_the_linear_layers(lora,
 def test_pre_training_objectives_have_no_peft_setting():
     with pytest.raises(Exception, match="peft"):
         compose(["experiment=pretrain_mlm", "objective.peft=lora"], "unused")
-
