@@ -30,7 +30,7 @@ def save_pretrained(model, tokenizer, run_dir: str | Path, task: dict | None = N
     """<run dir>/export: safetensors weights, config (with the label maps) and tokenizer,
     loadable with the matching AutoModelFor... class and no lmlab import. A peft model
     (objective.lora.export=adapter) writes its adapter instead of the weights, beside the
-    config of the model it adapts: docs/finetuning.md says how to load it."""
+    config of the model it adapts: README.md (Fine-tuning, LoRA) says how to load it."""
 
     def write(folder: Path) -> None:
         model.save_pretrained(folder)
