@@ -240,3 +240,11 @@ def test_target_modules_the_model_lacks_name_the_key_and_the_linear_layers(lora,
 def test_pre_training_objectives_have_no_peft_setting():
     with pytest.raises(Exception, match="peft"):
         compose(["experiment=pretrain_mlm", "objective.peft=lora"], "unused")
+
+
+def test_the_modules_of_new_tensors_train_in_full():
+    from lmlab.adapters import new_modules
+
+    new = ["classifier.weight", "classifier.bias", "bert.pooler.dense.weight", "logit_scale"]
+    assert new_modules(new) == {"classifier", "bert.pooler.dense"}
+    assert new_modules(None) == set()

@@ -48,7 +48,7 @@ def wrap(model, objective_cfg, head: str, new: list[str] | None = None):
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
         target_modules=targets,
-        modules_to_save=sorted({name.rpartition(".")[0] for name in new or ()}) or None,
+        modules_to_save=sorted(new_modules(new)) or None,
     )
     try:
         return get_peft_model(model, config)
@@ -58,6 +58,12 @@ def wrap(model, objective_cfg, head: str, new: list[str] | None = None):
             f"{model.config.model_type} model's linear layers include: "
             f"{', '.join(linear_names(model))})"
         ) from None
+
+
+def new_modules(new: list[str] | None) -> set[str]:
+    """The modules holding the `new` tensors; a tensor at the model's top level has none
+    (peft matches module names as suffixes: an empty one would take every module)."""
+    return {name.rpartition(".")[0] for name in new or ()} - {""}
 
 
 def linear_names(model, limit: int = 12) -> list[str]:
@@ -78,7 +84,7 @@ def exported(model, objective_cfg):
     training model itself is left as it is."""
     if not is_peft(model) or objective_cfg.lora.export == "adapter":
         return model
-    return copy.deepcopy(model).merge_and_unload()
+    return copy.deepcopy(model).merge_and_unload()  # a copy: the run's model stays wrapped
 
 
 def is_adapter(folder: str | Path) -> bool:
