@@ -166,6 +166,13 @@ def test_the_adapter_export_loads_with_peft_and_lmlab_eval(lora, pretrained, tmp
     scores = evaluate(run_dir)
     assert scores["val/accuracy"] == pytest.approx(metrics["val/accuracy"])
     assert scores["val/loss"] == pytest.approx(metrics["val/loss"], abs=1e-5)
+    # lmlab-predict's: the label names come back from the export's config
+    from lmlab.predict import predict
+    from lmlab.run import load
+
+    trained = load(run_dir)
+    rows = predict(trained.objective, trained.model, [{"text": "a bad river"}, {"text": "good"}])
+    assert len(rows) == 2 and all(row["label"] in ("negative", "positive") for row in rows)
 
 
 def test_a_killed_lora_run_resumes_bit_identical(tmp_path, lmlab_cache_dir):
