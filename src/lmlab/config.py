@@ -88,6 +88,29 @@ class ObjectiveConfig:
 
 
 @dataclass
+class LoraConfig:
+    """objective.peft=lora: low-rank adapters (peft's LoRA) on target_modules; the rest of the
+    backbone stays frozen, the task head trains in full."""
+
+    r: int = 8  # the adapters' rank
+    alpha: float = 16.0  # their output is scaled by alpha / r
+    dropout: float = 0.1  # on the adapters' inputs
+    # names (or dotted name suffixes) of the linear layers to adapt; None: peft's default for
+    # the model family (BERT: query, value; GPT-2: c_attn)
+    target_modules: list[str] | None = None
+    # merged: LoRA folded into the weights, a plain Hugging Face model | adapter: peft's
+    # adapter directory (PeftModel.from_pretrained on the base model)
+    export: str = "merged"
+
+
+@dataclass
+class FineTuningConfig(ObjectiveConfig):
+    # null: every weight trains | lora: only low-rank adapters and the task head (objective.lora)
+    peft: str | None = None
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+
+@dataclass
 class MLMConfig(ObjectiveConfig):
     mlm_probability: float = 0.15
     mask_replace_prob: float = 0.8  # of the chosen tokens: [MASK]
@@ -107,7 +130,7 @@ class MLMNSPConfig(MLMConfig, NSPConfig):
 
 
 @dataclass
-class CLMConfig(ObjectiveConfig):
+class CLMConfig(FineTuningConfig):
     sample_prompt: str = ""  # generated from after training; empty: start of text
     sample_max_new_tokens: int = 60
 
@@ -126,12 +149,12 @@ class DecodingConfig:
 
 
 @dataclass
-class SequenceClassificationConfig(ObjectiveConfig):
+class SequenceClassificationConfig(FineTuningConfig):
     classifier_dropout: float | None = None  # None: the model config's own
 
 
 @dataclass
-class TokenClassificationConfig(ObjectiveConfig):
+class TokenClassificationConfig(FineTuningConfig):
     classifier_dropout: float | None = None
     # Pack consecutive sentences of one document (data column `document`) into each input,
     # up to data.max_length tokens, so that every word is tagged in its context; then
@@ -140,7 +163,7 @@ class TokenClassificationConfig(ObjectiveConfig):
 
 
 @dataclass
-class ExtractiveQAConfig(ObjectiveConfig):
+class ExtractiveQAConfig(FineTuningConfig):
     doc_stride: int = 128  # tokens of overlap between the windows of a long context
     max_answer_length: int = 30  # in tokens
     n_best: int = 20  # start and end candidates searched per window
@@ -149,14 +172,14 @@ class ExtractiveQAConfig(ObjectiveConfig):
 
 
 @dataclass
-class GenerativeQAConfig(ObjectiveConfig):
+class GenerativeQAConfig(FineTuningConfig):
     # {context} and {question} are filled in; the answer follows, then end-of-text.
     prompt_template: str = "Context: {context}\nQuestion: {question}\nAnswer:"
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
 
 
 @dataclass
-class TextGenerationConfig(ObjectiveConfig):
+class TextGenerationConfig(FineTuningConfig):
     prompts: list[str] = field(default_factory=lambda: [""])  # sampled at each validation
     decoding: DecodingConfig = field(
         default_factory=lambda: DecodingConfig(
