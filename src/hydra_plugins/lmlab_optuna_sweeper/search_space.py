@@ -1,6 +1,6 @@
 """The search space of `hydra.sweeper.params` and the command line, in the syntax of Hydra's
 Optuna sweeper: `choice(16, 32)` (categorical), `range(1, 9, 2)` (integers, the end excluded
-as in Python), `interval(0.0, 0.2)` (uniform; integer ends: integers) and
+as in Python; a float step: floats), `interval(0.0, 0.2)` (uniform floats) and
 `tag(log, interval(1e-5, 1e-3))` (log scale). Any other override is a fixed parameter.
 
 `probes` gives the few configs checked before the first trial: every choice and both ends of
@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import Override, Transformer
+from hydra.core.override_parser.types import Override, Transformer, ValueType
 
 from lmlab.errors import LmlabError
 
@@ -60,12 +60,9 @@ class SearchSpace:
 
 
 def _interval(override: Override):
-    """(start, end, log) of an interval; its ends are integers only when both are."""
+    """(start, end, log) of an interval: floats, as Hydra parses them (integers: range)."""
     sweep = override.value()
-    start, end = sweep.start, sweep.end
-    if not (isinstance(start, int) and isinstance(end, int)):
-        start, end = float(start), float(end)
-    return start, end, "log" in sweep.tags
+    return float(sweep.start), float(sweep.end), "log" in sweep.tags
 
 
 def _choices(override: Override) -> list:
@@ -81,7 +78,7 @@ def probe_values(override: Override) -> list:
     if override.is_range_sweep() and not override.value().shuffle:
         found = _choices(override)
         return [found[0], found[-1]] if found else found
-    if override.is_choice_sweep() or override.is_range_sweep():
+    if override.value_type != ValueType.GLOB_CHOICE_SWEEP and override.is_discrete_sweep():
         return _choices(override)
     raise LmlabError(
         f"hydra.sweeper.params: {override.input_line}: expected choice, range or interval"
@@ -102,8 +99,7 @@ def distribution(override: Override):
         if start >= end or (log and start <= 0):
             low = "0 < start < end" if log else "start < end"
             raise LmlabError(f"{key}: {override.input_line}: expected {low}")
-        kind = IntDistribution if isinstance(start, int) else FloatDistribution
-        return kind(start, end, log=log)
+        return FloatDistribution(start, end, log=log)
     values = probe_values(override)
     if not values:
         raise LmlabError(f"{key}: {override.input_line}: no values to choose from")

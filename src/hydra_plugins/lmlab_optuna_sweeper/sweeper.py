@@ -106,6 +106,8 @@ class LmlabOptunaSweeper(Sweeper):
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # lmlab prints the outcome
         self.space = search_space(self.config.hydra.sweeper, arguments)
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)  # as Hydra's basic sweeper does
+        OmegaConf.save(self.config, self.sweep_dir / "multirun.yaml")
         distributions = self.space.distributions()
         study = self.load_study()
         left = self.unfinished(study)
@@ -161,12 +163,16 @@ class LmlabOptunaSweeper(Sweeper):
 
     def unfinished(self, study) -> list[tuple[int, dict]]:
         """Trials of this sweep dir left RUNNING by a run that died (no other process runs
-        them: lmlab-train holds the sweep dir's lock)."""
+        them: lmlab-train holds the sweep dir's lock). One drawn from another search space
+        cannot run again: it is marked failed."""
         from optuna.trial import TrialState
 
         running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         mine = [t for t in running if t.user_attrs.get("sweep_dir") == str(self.sweep_dir)]
-        return [(t.number, t.params) for t in mine]
+        for trial in [t for t in mine if t.params.keys() != self.space.swept.keys()]:
+            log.warning(f"trial {trial.number}: drawn from another search space, marked failed")
+            study.tell(trial.number, state=TrialState.FAIL)
+        return [(t.number, t.params) for t in mine if t.params.keys() == self.space.swept.keys()]
 
     # ------------------------------------------------------------ trials
 
