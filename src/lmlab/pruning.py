@@ -24,16 +24,16 @@ from lmlab import sweeps
 class OptunaPruning(Callback):
     def __init__(
         self,
-        monitor: str,
+        monitor: str | None = None,
         storage: str | None = None,
         study_name: str | None = None,
         trial: int | None = None,
         pruner=None,
         run_dir: str | None = None,
     ):
-        """`monitor`: the metric the study optimises (optimized_metric). The others default
-        to those of the Hydra job this runs in: the sweeper's storage, study name and pruner
-        (a config with `_target_`), the job's number and output dir."""
+        """`monitor`: the metric the study optimises, by default the run's optimized_metric.
+        The others default to those of the Hydra job this runs in: the sweeper's storage,
+        study name and pruner (a config with `_target_`), the job's number and output dir."""
         self.monitor = monitor
         self.where = {"storage": storage, "study_name": study_name, "trial": trial}
         self.pruner, self.run_dir = pruner, run_dir
@@ -45,6 +45,7 @@ class OptunaPruning(Callback):
         if None in self.where.values() and not self._from_job():
             return  # not a job of an Optuna sweep: nothing to report to
         self.trial = load_trial(**self.where, pruner=self.pruner)
+        self.monitor = self.monitor or pl_module.hparams["config"]["optimized_metric"]
 
     def _from_job(self) -> bool:
         """Fills what was not given from the Hydra job; False outside a multirun."""

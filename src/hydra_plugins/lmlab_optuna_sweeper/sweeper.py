@@ -34,9 +34,9 @@ from lmlab.fileutil import write_text
 log = logging.getLogger(__name__)
 
 PRUNING_KEY = "+callbacks.optuna_pruning"
-# the same text in every job (it reads the trial from the job's hydra config), so that it
-# never tells the jobs of a sweep apart
-PRUNING_CALLBACK = "{_target_:lmlab.pruning.OptunaPruning,monitor:'${optimized_metric}'}"
+# the same text in every job (it reads its trial from the job's hydra config, the metric from
+# the run's config), so that it never tells the jobs of a sweep apart
+PRUNING_CALLBACK = "{_target_:lmlab.pruning.OptunaPruning}"
 RESULTS_FILE = "optimization_results.yaml"
 
 
