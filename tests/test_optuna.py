@@ -267,6 +267,23 @@ def test_the_same_command_continues_the_study(pruned_search):
     assert f"dashboard: optuna-dashboard sqlite:///{sweep}/optuna.db" in again.stdout
 
 
+def test_parallel_trials_through_joblib_report_to_one_study(tiny, env):
+    # 2 trials at once in joblib's worker processes, each reporting to the SQLite study
+    args = [*tiny, "hparams_search=pretrain_optuna", "hydra.sweeper.n_trials=2"]
+    args += ["hydra.sweeper.n_jobs=2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+    proc = lmlab_train([*args, "hydra/sweeper/pruner=median"], env)
+
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Joblib.Parallel(n_jobs=2" in proc.stdout
+    sweep = the_sweep_dir(env)
+    study = load_study(sweep)
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]  # 5 startup trials
+    assert [sorted(t.intermediate_values) for t in study.trials] == [[2, 4], [2, 4]]
+    for num in (0, 1):
+        assert_complete(sweep / str(num))
+        assert statuses(sweep)[num]["value"] == study.trials[num].value
+
+
 @pytest.mark.slow  # ~90 s on 2 busy cores
 def test_a_killed_search_run_again_resumes_its_trial(tiny_overrides, env):
     # trial 1 killed once it has a checkpoint; the same command resumes it from there

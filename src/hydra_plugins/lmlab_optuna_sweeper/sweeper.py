@@ -106,8 +106,8 @@ class LmlabOptunaSweeper(Sweeper):
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # lmlab prints the outcome
         self.space = search_space(self.config.hydra.sweeper, arguments)
-        self.sweep_dir.mkdir(parents=True, exist_ok=True)  # as Hydra's basic sweeper does
-        OmegaConf.save(self.config, self.sweep_dir / "multirun.yaml")
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)  # multirun.yaml, as Hydra's sweeper
+        write_text(self.sweep_dir / "multirun.yaml", OmegaConf.to_yaml(self.config))
         distributions = self.space.distributions()
         study = self.load_study()
         left = self.unfinished(study)
