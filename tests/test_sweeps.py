@@ -478,10 +478,14 @@ def test_the_sweep_dir_is_named_by_the_command(tmp_path):
     assert first.parent == tmp_path / "multirun" / "train" and len(first.name) == 8
     assert sweep_dir_of(tmp_path, list(task)) == first
     assert sweep_dir_of(tmp_path, [*task, "seed=1"]) != first
-    # the launcher is not part of the command, the sweeper's settings are
+    # the launcher is not part of the command, the sweeper's settings are, except an Optuna
+    # search's budget: the same search with more trials continues its study
     launcher = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=4", "hydra.verbose=true"]
     assert sweep_dir_of(tmp_path, task, launcher) == first
-    assert sweep_dir_of(tmp_path, task, ["hydra.sweeper.n_trials=9"]) != first
+    assert sweep_dir_of(tmp_path, task, ["hydra.sweeper.max_batch_size=9"]) != first
+    assert sweep_dir_of(tmp_path, task, ["hydra/sweeper/pruner=median"]) != first
+    budget = ["hydra.sweeper.n_trials=9", "hydra.sweeper.n_jobs=2"]
+    assert sweep_dir_of(tmp_path, task, budget) == first
 
 
 def test_fresh_starts_a_new_sweep_dir_and_a_plain_rerun_takes_the_latest(tmp_path):
