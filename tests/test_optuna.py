@@ -267,6 +267,7 @@ def test_the_same_command_continues_the_study(pruned_search):
     assert f"dashboard: optuna-dashboard sqlite:///{sweep}/optuna.db" in again.stdout
 
 
+@pytest.mark.slow  # ~60 s on 2 busy cores: two worker processes start
 def test_parallel_trials_through_joblib_report_to_one_study(tiny, env):
     # 2 trials at once in joblib's worker processes, each reporting to the SQLite study
     args = [*tiny, "hparams_search=pretrain_optuna", "hydra.sweeper.n_trials=2"]
