@@ -164,6 +164,11 @@ def test_a_bad_key_or_value_in_the_search_space_fails_before_any_trial(tiny, env
         "lmlab-train: error: search space at data.batch_size=0: data.batch_size: "
         "expected an integer >= 1, got 0"
     ]
+
+    proc = lmlab_train([*search, "hydra/sweeper/pruner=median", "hydra.sweeper.storage=null"], env)
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("lmlab-train: error: hydra.sweeper.storage: null keeps the study")
     assert not (Path(env["LMLAB_OUTPUT_DIR"]) / "multirun").exists()  # no trial ran
 
 

@@ -175,7 +175,8 @@ def check_jobs(config: DictConfig, sweep: Path) -> None:
     try:
         jobs = job_overrides(config)
     except Exception as e:  # a search space Hydra cannot parse, or one lmlab refuses
-        print(f"lmlab-train: error: {composition_error(e, [])}", file=sys.stderr)
+        line = error_line(e) if isinstance(e, LmlabError) else composition_error(e, [])
+        print(f"lmlab-train: error: {line}", file=sys.stderr)
         sys.exit(2)
     if not jobs:
         return

@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from hydra_plugins.lmlab_optuna_sweeper.search_space import SearchSpace
 from lmlab import records
+from lmlab.errors import LmlabError
 from lmlab.fileutil import write_text
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,11 @@ def search_space(sweeper: DictConfig, arguments: Sequence[str]) -> SearchSpace:
     params = [f"{key}={value}" for key, value in (sweeper.get("params") or {}).items()]
     space = SearchSpace.parse([*params, *arguments])
     if sweeper.get("pruner"):
+        if not sweeper.get("storage"):
+            raise LmlabError(
+                "hydra.sweeper.storage: null keeps the study in this process, where the "
+                "trials cannot report to the pruner; give a storage URL or no pruner"
+            )
         space.fixed[PRUNING_KEY] = f"{PRUNING_KEY}={PRUNING_CALLBACK}"
     return space
 
