@@ -48,12 +48,15 @@ class OptunaPruning(Callback):
         self.monitor = self.monitor or pl_module.hparams["config"]["optimized_metric"]
 
     def _from_job(self) -> bool:
-        """Fills what was not given from the Hydra job; False outside a multirun."""
+        """Fills what was not given from the Hydra job; False outside a multirun of lmlab's
+        Optuna sweeper."""
         if not sweeps.in_multirun():
             return False
         from hydra.core.hydra_config import HydraConfig
 
         hydra = HydraConfig.get()
+        if not hydra.sweeper.get("storage"):
+            return False
         given = {k: v for k, v in self.where.items() if v is not None}
         self.where = {
             "storage": hydra.sweeper.storage,
