@@ -338,11 +338,16 @@ def test_multirun_job_is_grouped_by_sweep_and_named_by_what_the_command_swept(tm
 
 
 def test_optuna_job_is_named_by_the_sweeper_params(tmp_path):
-    sweep = tmp_path / SWEEP  # no multirun.yaml: Optuna's sweeper writes none
+    sweep = tmp_path / SWEEP
+    sweep.mkdir()  # lmlab's Optuna sweeper writes multirun.yaml: the command swept nothing
+    command = {"hydra": {"overrides": {"task": ["hparams_search=finetune_optuna"]}}}
+    (sweep / "multirun.yaml").write_text(json.dumps(command))  # YAML reads JSON
     job = ["debug=default", "objective.lr=0.0003", "objective.warmup_ratio=0.1"]
     params = {"objective.lr": "tag(log, interval(1e-5, 1e-3))", "objective.warmup_ratio": "0,0.1"}
+    target = "hydra_plugins.lmlab_optuna_sweeper.sweeper.LmlabOptunaSweeper"
+    sweeper = {"_target_": target, "params": params}
     with pytest.MonkeyPatch.context() as mp:
-        set_hydra_job(mp, "MULTIRUN", sweep / "0", sweep, job, sweeper={"params": params})
+        set_hydra_job(mp, "MULTIRUN", sweep / "0", sweep, job, sweeper=sweeper)
         assert run_labels("sst2", str(sweep / "0")) == (
             f"sst2/{SWEEP}",
             "objective.lr=0.0003,objective.warmup_ratio=0.1",

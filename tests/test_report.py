@@ -148,7 +148,7 @@ def ranking(sweep, metric=None, mode=None):
 def test_direction_from_mode_flag_and_optuna(sweep):
     assert ranking(sweep, mode="max")[1:] == ([0, 1, 2], 0)  # failed jobs stay last
 
-    optuna = {"_target_": "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"}
+    optuna = {"_target_": "hydra_plugins.lmlab_optuna_sweeper.sweeper.LmlabOptunaSweeper"}
     (sweep / "multirun.yaml").write_text(
         yaml.safe_dump({"hydra": {"sweeper": optuna | {"direction": "maximize"}}})
     )

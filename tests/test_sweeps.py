@@ -147,36 +147,45 @@ def test_joblib_runs_jobs_in_parallel_processes_in_one_sweep_dir(tiny, env):
 
 
 def test_optuna_search_survives_failed_trials_and_prints_the_best(tiny, env):
-    # The lr is drawn from {0.001, -1.0}: with the preset's sampler seed (42), trials 0 and 2
-    # draw -1.0 and fail at once; the search goes on and trial 1 is the best.
-    search = ["hparams_search=pretrain_optuna", "hydra.sweeper.n_trials=3"]
-    proc = lmlab_train([*tiny, *search, "objective.lr=choice(0.001,-1.0)"], env)  # no -m
+    # data.train is drawn from {the corpus, an empty file}: a trial that draws the empty file
+    # passes the up-front checks (its config is valid), fails on its data, and the search
+    # goes on (lmlab's Optuna sweeper; pruning and continued studies: tests/test_optuna.py)
+    empty = Path(env["LMLAB_OUTPUT_DIR"]).parent / "empty.txt"
+    empty.write_text("")
+    corpus = next(o.split("=", 1)[1] for o in tiny if o.startswith("data.train="))
+    search = ["hparams_search=pretrain_optuna", "hydra.sweeper.n_trials=3", "seed=1"]
+    proc = lmlab_train([*tiny, *search, f"data.train=choice({corpus},{empty})"], env)  # no -m
 
-    assert proc.returncode == 1, proc.stderr[-3000:]
     sweep = the_sweep_dir(env)
     jobs = statuses(sweep)
     assert sorted(jobs) == [0, 1, 2]
-    for status in jobs.values():
-        assert status["status"] == ("failed" if lr_of(status) == "-1.0" else "completed")
+    data = {
+        n: next(o for o in s["overrides"] if o.startswith("data.train=")) for n, s in jobs.items()
+    }
+    for num, status in jobs.items():
+        assert status["status"] == ("failed" if data[num].endswith("empty.txt") else "completed")
     completed = {n: s for n, s in jobs.items() if s["status"] == "completed"}
     failed = sorted(set(jobs) - set(completed))
-    assert completed and failed  # both kinds, or this test shows nothing
+    assert completed and failed, "the seeded draws changed: both kinds, or this shows nothing"
+    assert proc.returncode == 1, proc.stderr[-3000:]
     results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     best = min(completed, key=lambda n: completed[n]["value"])
     assert results["best_value"] == completed[best]["value"]
-    assert results["best_params"]["objective.lr"] == 0.001
+    assert results["best_params"]["data.train"] == corpus
     assert set(results["best_params"]) == {
         "objective.lr",
         "objective.warmup_ratio",
         "objective.weight_decay",
+        "data.train",
     }
     for num in completed:
         assert_complete(sweep / str(num))
+    study = results["study_name"], results["storage"]
+    assert study == ("train", f"sqlite:///{sweep}/optuna.db")
     out = proc.stdout.splitlines()
     assert f"best val/loss: {results['best_value']}" in out
     assert f"best run dir: {sweep / str(best)}" in out
-    best_params = next(line for line in out if line.startswith("best params: "))
-    assert "objective.lr=0.001 " in best_params
+    assert f"dashboard: optuna-dashboard sqlite:///{sweep}/optuna.db" in out
     assert f"lmlab-train: error: {len(failed)} of 3 jobs failed" in proc.stderr
 
 
@@ -263,7 +272,7 @@ def compose_with_hydra(overrides: list[str]):
 def test_finetune_preset_follows_the_monitor_mode(overrides, direction, metric):
     cfg = compose_with_hydra([*overrides, "hparams_search=finetune_optuna"])
     sweeper = cfg.hydra.sweeper
-    assert sweeper._target_.endswith("OptunaSweeper")
+    assert sweeper._target_.endswith("LmlabOptunaSweeper")
     assert (sweeper.direction, cfg.optimized_metric) == (direction, metric)
     assert sweeper.sampler.seed == 42 and sweeper.max_failure_rate == 1.0
     assert sweeper.params["objective.lr"] == "tag(log, interval(1e-5, 3e-4))"
@@ -469,10 +478,14 @@ def test_the_sweep_dir_is_named_by_the_command(tmp_path):
     assert first.parent == tmp_path / "multirun" / "train" and len(first.name) == 8
     assert sweep_dir_of(tmp_path, list(task)) == first
     assert sweep_dir_of(tmp_path, [*task, "seed=1"]) != first
-    # the launcher is not part of the command, the sweeper's settings are
+    # the launcher is not part of the command, the sweeper's settings are, except an Optuna
+    # search's budget: the same search with more trials continues its study
     launcher = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=4", "hydra.verbose=true"]
     assert sweep_dir_of(tmp_path, task, launcher) == first
-    assert sweep_dir_of(tmp_path, task, ["hydra.sweeper.n_trials=9"]) != first
+    assert sweep_dir_of(tmp_path, task, ["hydra.sweeper.max_batch_size=9"]) != first
+    assert sweep_dir_of(tmp_path, task, ["hydra/sweeper/pruner=median"]) != first
+    budget = ["hydra.sweeper.n_trials=9", "hydra.sweeper.n_jobs=2"]
+    assert sweep_dir_of(tmp_path, task, budget) == first
 
 
 def test_fresh_starts_a_new_sweep_dir_and_a_plain_rerun_takes_the_latest(tmp_path):

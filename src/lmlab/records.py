@@ -4,16 +4,17 @@ found, and which overrides tell the jobs of a sweep apart.
 status.json, written by every lmlab-train run (sweeps.write_status) and read by the end of
 a sweep (sweeps.summarize) and by lmlab-report:
 
-    {"status": "completed" | "failed" | "interrupted", "error": one line or null,
+    {"status": "completed" | "failed" | "interrupted" | "pruned", "error": one line or null,
      "optimized_metric": name or null, "value": float or null, "overrides": [...]}
 
 An interrupted run (lmlab.interrupts: SIGTERM, Ctrl-C, SIGUSR1) adds "step": the global
-step of the checkpoint a re-run of the same command continues from.
+step of the checkpoint a re-run of the same command continues from. A trial that Optuna's
+pruner stopped (lmlab.pruning) is `pruned`, with the "step" it was stopped at.
 
 A sweep dir (Hydra's multirun dir) holds one numbered dir per job, and multirun.yaml (the
-basic sweeper) or optimization_results.yaml (Optuna). The optimisation direction of a sweep
-is objective.monitor_mode (min | max), which Optuna spells minimize | maximize. Imports
-neither torch nor Hydra at import time: the CLI uses it at start-up.
+basic sweeper) or optimization_results.yaml and optuna.db (Optuna). The optimisation
+direction of a sweep is objective.monitor_mode (min | max), which Optuna spells minimize |
+maximize. Imports neither torch nor Hydra at import time: the CLI uses it at start-up.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ STATUS_FILE = "status.json"
 COMPLETED, FAILED = "completed", "failed"  # the statuses a run writes
 INCOMPLETE = "incomplete"  # lmlab-report's name for a job that wrote neither (killed, running)
 INTERRUPTED = "interrupted"  # stopped by a signal, its checkpoint saved (lmlab.interrupts)
+PRUNED = "pruned"  # stopped early by Optuna's pruner, a finished trial (lmlab.pruning)
+FINISHED = (COMPLETED, PRUNED)  # a sweep run again skips these jobs
 
 DIRECTIONS = {"min": "minimize", "max": "maximize"}  # monitor_mode -> Optuna's direction
 

@@ -15,6 +15,8 @@ from lmlab.errors import LmlabError
 from lmlab.records import DIRECTIONS, FRESH_KEY, is_fresh, override_key
 
 _SWEEPER = ("hydra.sweeper", "hydra/sweeper")  # hydra overrides that decide a sweep's jobs
+# ... except how many trials a search runs and how many at once: more trials continue a study
+_BUDGET = ("hydra.sweeper.n_trials", "hydra.sweeper.n_jobs")
 
 
 def _package_model(package: str) -> str:
@@ -53,10 +55,12 @@ def _sweep_dir(output_dir: str, name: str, task: list, hydra_overrides: list) ->
 
     The command is the task overrides (without the fresh flag) and the sweeper's own hydra
     overrides (hydra.sweeper.*: they decide the jobs); the launcher and logging settings are
-    left out, so a sweep started with joblib can be finished with submitit."""
+    left out, so a sweep started with joblib can be finished with submitit, and so are an
+    Optuna search's n_trials and n_jobs, so a search run again with more trials continues."""
     task = [str(o) for o in task]
     command = [o for o in task if override_key(o) != FRESH_KEY]
-    command += [o for o in map(str, hydra_overrides) if override_key(o).startswith(_SWEEPER)]
+    sweeper = [o for o in map(str, hydra_overrides) if override_key(o).startswith(_SWEEPER)]
+    command += [o for o in sweeper if override_key(o) not in _BUDGET]
     digest = hashlib.sha1("\n".join(command).encode()).hexdigest()[:8]
     base = Path(output_dir) / "multirun" / name / digest
     latest, n = base, 1

@@ -1,5 +1,7 @@
 """Sweeps (lmlab-train -m): writing each job's status.json, failed jobs that do not end the
 sweep, and the summary printed when a sweep ends (failed jobs, Optuna's best parameters).
+Before the first job, every job of the basic sweeper, or the search space of lmlab's Optuna
+sweeper (hydra_plugins.lmlab_optuna_sweeper), is composed and checked.
 
 A job of a multirun never calls sys.exit: it writes status.json and raises JobFailed, which
 Hydra records as a failed JobReturn while the other jobs go on. The SweepSummary callback
@@ -93,9 +95,16 @@ def announce_continuation(sweep: Path) -> None:
 
 
 def job_overrides(config: DictConfig) -> list[list[str]] | None:
-    """The overrides of every job, as Hydra's basic sweeper will launch them; None for other
-    sweepers (Optuna draws its trials as the search goes)."""
-    if not str(OmegaConf.select(config, "hydra.sweeper._target_")).endswith("BasicSweeper"):
+    """The overrides of every job, as Hydra's basic sweeper will launch them; for lmlab's
+    Optuna sweeper, which draws its trials as the search goes, those of the configs that
+    cover its search space (every choice, both ends of every interval); None for others."""
+    target = str(OmegaConf.select(config, "hydra.sweeper._target_"))
+    if target.endswith("LmlabOptunaSweeper"):
+        from hydra_plugins.lmlab_optuna_sweeper.sweeper import search_space
+
+        task = [str(o) for o in config.hydra.overrides.task]
+        return search_space(config.hydra.sweeper, task).probes()
+    if not target.endswith("BasicSweeper"):
         return None
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.global_hydra import GlobalHydra
@@ -163,9 +172,15 @@ def check_jobs(config: DictConfig, sweep: Path) -> None:
     """Every job's config is composed and checked before the first job trains: a mistake in
     any combination ends the command at once (exit 2), naming the job, its overrides and
     the key."""
-    jobs = job_overrides(config)
+    try:
+        jobs = job_overrides(config)
+    except Exception as e:  # a search space Hydra cannot parse, or one lmlab refuses
+        line = error_line(e) if isinstance(e, LmlabError) else composition_error(e, [])
+        print(f"lmlab-train: error: {line}", file=sys.stderr)
+        sys.exit(2)
     if not jobs:
         return
+    optuna = not OmegaConf.select(config, "hydra.sweeper._target_").endswith("BasicSweeper")
     varying = records.varying_overrides(dict(enumerate(jobs)))
     before = HydraConfig.instance().cfg
     try:
@@ -173,7 +188,10 @@ def check_jobs(config: DictConfig, sweep: Path) -> None:
             error = job_error(config, overrides, num, sweep)
             if error is not None:
                 label = " ".join(varying[num]) or " ".join(overrides)
-                print(f"lmlab-train: error: job {num} ({label}): {error}", file=sys.stderr)
+                if optuna:  # a probe of the search space: what sets it apart from the first
+                    label = " ".join(o for o in overrides if o not in jobs[0]) or label
+                job = f"search space at {label}" if optuna else f"job {num} ({label})"
+                print(f"lmlab-train: error: {job}: {error}", file=sys.stderr)
                 sys.exit(2)
     finally:
         HydraConfig.instance().cfg = before
@@ -199,12 +217,13 @@ def is_rank_zero() -> bool:
 
 
 def _completed_record(run_dir: Path) -> dict | None:
-    """run_dir's status.json when it says completed (one cut short by a kill does not)."""
+    """run_dir's status.json when it says completed or pruned (one cut short by a kill does
+    not)."""
     try:
         record = records.read_status(run_dir)
     except LmlabError:
         return None
-    return record if record and record.get("status") == records.COMPLETED else None
+    return record if record and record.get("status") in records.FINISHED else None
 
 
 def completed_job(cfg: DictConfig) -> dict | None:
@@ -233,7 +252,8 @@ def completed_job(cfg: DictConfig) -> dict | None:
     if record is not None and is_rank_zero():
         value = record["value"]
         shown = f"{record['optimized_metric']}={value}" if value is not None else "no value"
-        print(f"job {hydra.job.num}: completed in an earlier run of this sweep, skipped ({shown})")
+        ended = record["status"]
+        print(f"job {hydra.job.num}: {ended} in an earlier run of this sweep, skipped ({shown})")
     return record
 
 
@@ -252,8 +272,17 @@ def _select(cfg: DictConfig, key: str):
         return None
 
 
+_pruned: dict[Path, int] = {}  # run dir -> the step Optuna's pruner stopped it at (this process)
+
+
+def mark_pruned(run_dir: Path, step: int) -> None:
+    """Called by lmlab.pruning when it stops a trial: its status.json will say pruned."""
+    _pruned[Path(run_dir).absolute()] = step
+
+
 def write_status(cfg: DictConfig, value: float | None, error: BaseException | None) -> None:
-    """<run dir>/status.json, read by lmlab-report: completed or failed, with the error."""
+    """<run dir>/status.json, read by lmlab-report: completed, pruned at a step (Optuna's
+    pruner stopped the run) or failed, with the error."""
     run_dir = _select(cfg, "paths.run_dir")
     if not run_dir and HydraConfig.initialized():
         run_dir = HydraConfig.get().runtime.output_dir
@@ -262,7 +291,11 @@ def write_status(cfg: DictConfig, value: float | None, error: BaseException | No
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     line = error_line(error) if error is not None else None
     optimized_metric = _select(cfg, "optimized_metric")
-    records.write_status(run_dir, records.status_record(line, optimized_metric, value, overrides))
+    record = records.status_record(line, optimized_metric, value, overrides)
+    pruned_at = _pruned.pop(Path(run_dir).absolute(), None)
+    if pruned_at is not None and error is None:
+        record |= {"status": records.PRUNED, "step": pruned_at}
+    records.write_status(run_dir, record)
 
 
 def job_failed(error: BaseException) -> JobFailed:
@@ -279,6 +312,8 @@ def job_failed(error: BaseException) -> JobFailed:
 def optimized_value(metrics: dict, name: str | None) -> float | None:
     """The value a sweeper optimises: metrics[optimized_metric]."""
     if name is None:
+        return None
+    if name not in metrics and _pruned:  # this job's trial was pruned: it has no value to lose
         return None
     if name not in metrics:
         known = ", ".join(sorted(k for k, v in metrics.items() if isinstance(v, (int, float))))
@@ -300,7 +335,7 @@ def failure_lines(statuses: dict[int, dict | None]) -> list[str]:
     for num, status in statuses.items():
         if status is None:
             lines.append(f"job {num}: no status.json (killed, or ended outside lmlab-train)")
-        elif status["status"] != records.COMPLETED:
+        elif status["status"] not in records.FINISHED:
             label = f"job {num} ({' '.join(varying[num])})" if varying[num] else f"job {num}"
             lines.append(f"{label}: {status['error']}")
     return lines
@@ -324,7 +359,10 @@ def best_lines(sweep: Path, statuses: dict[int, dict | None]) -> list[str]:
     lines = [f"best {metric}: {best}", f"best params: {params}"]
     if best_dir is not None:
         lines.append(f"best run dir: {best_dir}")
-    return lines + [f"optimization results: {results_file}"]
+    lines.append(f"optimization results: {results_file}")
+    if str(results.get("storage", "")).startswith("sqlite:///"):  # lmlab's Optuna sweeper
+        lines.append(f"dashboard: optuna-dashboard {results['storage']}")
+    return lines
 
 
 def summarize(sweep: Path) -> int:
