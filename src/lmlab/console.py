@@ -42,6 +42,7 @@ HARMLESS_RECORDS = [
 ]
 
 LOG_ONLY = "lmlab_log_only"  # a log record attribute: for the log file, not the console
+LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's job log format
 
 
 def harmless_warning(message, category) -> bool:
@@ -76,44 +77,45 @@ class ConsoleFilter(logging.Filter):
         return self.verbose or not chatter(record)
 
 
+# Libraries that log through handlers of their own (transformers always, Lightning when it
+# is imported before logging is configured): during a run their records go through the root
+# logger's handlers instead, so that the console filter and the log file see them.
+OWN_HANDLERS = ("transformers", "pytorch_lightning", "lightning_fabric", "lightning")
+
+
 @contextlib.contextmanager
 def routed(verbose: bool, run_dir: str | Path):
     """Library chatter to the log file only while a run trains (module docstring)."""
-    import datasets.utils
-    import transformers
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_filtered_console(verbose, Path(run_dir) / LOG_NAME))
+        stack.enter_context(_through_root(OWN_HANDLERS))
+        if not verbose:
+            stack.enter_context(_no_progress_bars())
+        stack.enter_context(_warnings_logged(verbose))
+        yield
 
+
+@contextlib.contextmanager
+def _filtered_console(verbose: bool, log_file: Path):
+    """ConsoleFilter on the root logger's console handlers; where logging is not configured
+    (a run from Python), a console handler and train.log of its own, as Hydra makes them."""
     root = logging.getLogger()
-    added = [] if root.handlers else _own_handlers(Path(run_dir) / LOG_NAME)
-    level = root.level
-    if added:
+    level, added = root.level, []
+    if not root.handlers:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        added = [logging.FileHandler(log_file), logging.StreamHandler(sys.stderr)]
+        added[0].setFormatter(logging.Formatter(LOG_FORMAT))
+        added[1].setLevel(logging.WARNING)
         root.setLevel(logging.INFO)
+        for handler in added:
+            root.addHandler(handler)
     console_filter = ConsoleFilter(verbose)
     consoles = [h for h in root.handlers if _is_console(h)]
     for handler in consoles:
         handler.addFilter(console_filter)
-    # transformers' records through the handlers above instead of its own stderr handler
-    hf_logger = transformers.utils.logging.get_logger("transformers")
-    hf_handlers, hf_propagate = list(hf_logger.handlers), hf_logger.propagate
-    for handler in hf_handlers:
-        hf_logger.removeHandler(handler)
-    hf_logger.propagate = True
-    bars = [(datasets.utils, datasets.utils.is_progress_bar_enabled())]
-    bars += [(transformers.utils.logging, transformers.utils.logging.is_progress_bar_enabled())]
-    if not verbose:
-        for library, _ in bars:
-            library.disable_progress_bar()
-    show = warnings.showwarning
-    warnings.showwarning = _warning_display(show, verbose)
     try:
         yield
     finally:
-        warnings.showwarning = show
-        for library, enabled in bars:
-            if enabled:
-                library.enable_progress_bar()
-        hf_logger.propagate = hf_propagate
-        for handler in hf_handlers:
-            hf_logger.addHandler(handler)
         for handler in consoles:
             handler.removeFilter(console_filter)
         for handler in added:
@@ -128,18 +130,52 @@ def _is_console(handler: logging.Handler) -> bool:
     )
 
 
-def _own_handlers(log_file: Path) -> list[logging.Handler]:
-    """Logging is not configured (a run from Python): the console and train.log, as Hydra's
-    job logging would make them."""
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    file = logging.FileHandler(log_file)
-    file.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
-    console = logging.StreamHandler(sys.stderr)
-    console.setLevel(logging.WARNING)
-    handlers = [file, console]
-    for handler in handlers:
-        logging.getLogger().addHandler(handler)
-    return handlers
+@contextlib.contextmanager
+def _through_root(names: tuple[str, ...]):
+    import transformers
+
+    transformers.utils.logging.get_verbosity()  # makes its handler now, not in the run
+    loggers = [logging.getLogger(name) for name in names]
+    kept = [(lib, list(lib.handlers), lib.propagate) for lib in loggers]
+    for lib in loggers:
+        for handler in list(lib.handlers):
+            lib.removeHandler(handler)
+        lib.propagate = True
+    try:
+        yield
+    finally:
+        for lib, handlers, propagate in kept:
+            lib.propagate = propagate
+            for handler in handlers:
+                lib.addHandler(handler)
+
+
+@contextlib.contextmanager
+def _no_progress_bars():
+    """datasets' Map and save bars, transformers' weight loading and saving bars."""
+    import datasets.utils
+    import transformers
+
+    libraries = [datasets.utils, transformers.utils.logging]
+    enabled = [library.is_progress_bar_enabled() for library in libraries]
+    for library in libraries:
+        library.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for library, was in zip(libraries, enabled):
+            if was:
+                library.enable_progress_bar()
+
+
+@contextlib.contextmanager
+def _warnings_logged(verbose: bool):
+    show = warnings.showwarning
+    warnings.showwarning = _warning_display(show, verbose)
+    try:
+        yield
+    finally:
+        warnings.showwarning = show
 
 
 def _warning_display(show, verbose: bool):
