@@ -117,10 +117,11 @@ class LiveProgress(LineProgress):
         if self.bar is None or step == self._last_step:
             return
         self._last_step = step
-        self.bar.update(step - self.bar.n)
         loss = self.get_metrics(trainer, pl_module).get("train/loss")
         if loss is not None:
-            self.bar.set_postfix_str(f"epoch {trainer.current_epoch}, loss {float(loss):.4g}")
+            text = f"epoch {trainer.current_epoch}, loss {float(loss):.4g}"
+            self.bar.set_postfix_str(text, refresh=False)  # drawn by the update
+        self.bar.update(step - self.bar.n)
 
     def on_train_end(self, trainer, pl_module):
         if self.bar is not None:
