@@ -37,9 +37,8 @@ def screen(raw: str) -> str:
 
 def run(command: list[str], tty: bool) -> str:
     with tempfile.TemporaryDirectory() as tmp:
-        env = os.environ | {
-            "LMLAB_OUTPUT_DIR": f"{tmp}/outputs",
-            "LMLAB_CACHE_DIR": f"{tmp}/cache",
+        env = {k: v for k, v in os.environ.items() if k != "LMLAB_OUTPUT_DIR"} | {
+            "LMLAB_CACHE_DIR": f"{tmp}/cache",  # outputs/ in the (temporary) working dir
             "MPLCONFIGDIR": f"{tmp}/matplotlib",
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
         }
