@@ -215,6 +215,8 @@ def test_routing_is_undone_after_the_run(tmp_path, console_handler):
     import datasets.utils
     import transformers
 
+    datasets.utils.enable_progress_bar()  # as a fresh process has them
+    transformers.utils.logging.enable_progress_bar()
     show, hf = warnings.showwarning, logging.getLogger("transformers")
     handlers, propagate = list(hf.handlers), hf.propagate
     with console.routed(False, tmp_path):

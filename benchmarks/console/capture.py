@@ -57,7 +57,8 @@ def run(command: list[str], tty: bool) -> str:
             check=True,
         )
         text = typescript.read_bytes().decode(errors="replace")  # carriage returns kept
-        return "\n".join(text.split("\n")[1:-1])  # without script's first and last lines
+        lines = text.split("\n")
+        return "\n".join(line for line in lines if not line.startswith("Script "))  # its own
 
 
 def main() -> None:
