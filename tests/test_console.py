@@ -166,11 +166,16 @@ def console_handler():
 
 
 def chatter_and_news():
-    """Two chatter records, one load report and a warning of transformers, one line of lmlab."""
+    """Two chatter records, two known harmless warnings of transformers and a new one, and a
+    line of lmlab's."""
     logging.getLogger("pytorch_lightning.utilities.rank_zero").info("GPU available: False")
     logging.getLogger("matplotlib.font_manager").info("generated new fontManager")
     hf = logging.getLogger("transformers.modeling_utils")
     hf.warning("\x1b[1mBertForSequenceClassification LOAD REPORT\x1b[0m from: x\nKey | Status")
+    hf.warning(
+        "`loss_type=None` was set in the config but it is unrecognized. Using the default "
+        "loss: `ForCausalLMLoss`."
+    )
     hf.warning("Some other transformers warning")
     logging.getLogger("lmlab.probe").info("lmlab's own line")
 
@@ -182,7 +187,7 @@ def test_console_keeps_news_and_drops_chatter_unless_verbose(tmp_path, console_h
     shown = console_handler.getvalue()
     assert "Some other transformers warning" in shown  # a real warning is never hidden
     assert "lmlab's own line" in shown
-    for text in ("GPU available", "generated new fontManager", "LOAD REPORT"):
+    for text in ("GPU available", "generated new fontManager", "LOAD REPORT", "loss_type=None"):
         assert (text in shown) == verbose, text
 
 

@@ -36,9 +36,13 @@ HARMLESS_RECORDS = [
     # transformers' table of tensors not in the checkpoint: lmlab's header names them in one
     # line ("new weights (not in the checkpoint): ...")
     ("transformers.modeling_utils", logging.WARNING, re.compile(r"\bLOAD REPORT\b")),
-    # a model class whose name maps to no transformers loss; lmlab's objectives compute
-    # their own losses
-    ("transformers.modeling_utils", logging.WARNING, re.compile(r"^`loss_type=None` was set")),
+    # GPT2LMHeadModel's name maps to no loss type, so transformers falls back to the causal
+    # LM loss: the right one for it (lmlab's clm objective passes labels to causal LMs only)
+    (
+        "transformers.modeling_utils",
+        logging.WARNING,
+        re.compile(r"^`loss_type=None` was set .* Using the default loss: `ForCausalLMLoss`"),
+    ),
 ]
 
 LOG_ONLY = "lmlab_log_only"  # a log record attribute: for the log file, not the console
