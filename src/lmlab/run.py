@@ -147,7 +147,6 @@ def fit_and_export(exp: Experiment, trainer) -> dict:
     if trainer.is_global_zero:  # the other processes of a DDP run share rank zero's run dir
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
-    if trainer.is_global_zero:
         print(header(exp, trainer, resuming=checkpoint), flush=True)
     if not checkpoint and cfg.trainer.validate_at_start:  # the start of the validation curve
         trainer.validate(exp.module, datamodule=exp.datamodule, verbose=False)
