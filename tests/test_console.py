@@ -281,9 +281,9 @@ def test_summary_lists_the_plots_in_the_run_dir(tmp_path):
     text = console.summary(exp, trainer, {"val/loss": 0.5, "global_step": 3}, 125.4)
     lines = text.splitlines()
     assert lines[0].startswith("== done in 2m 05s, 3 steps ")
-    assert "final:       val/loss=0.5" in lines
-    assert "plots:       confusion_matrix.png, curves.png" in lines
-    assert f"metrics:     {tmp_path / 'metrics.json'}" in lines
+    assert "final: val/loss=0.5" in lines
+    assert "plots: confusion_matrix.png, curves.png" in lines
+    assert f"metrics: {tmp_path / 'metrics.json'}" in lines
     assert not any(line.startswith(("best:", "speed:", "export:", "predict:")) for line in lines)
 
 

@@ -224,13 +224,13 @@ def header(exp, trainer, resuming: str | None = None) -> str:
         batch += f" × {trainer.world_size} processes"
     lines = [
         rule(f"lmlab-train: {cfg.name}"),
-        f"run dir:     {cfg.paths.run_dir}",
-        f"model:       {cfg.model.name} ({type(exp.model).__name__}) {start}",
-        f"parameters:  {short(total)} ({short(trainable)} trainable)",
+        f"run dir: {cfg.paths.run_dir}",
+        f"model: {cfg.model.name} ({type(exp.model).__name__}) {start}",
+        f"parameters: {short(total)} ({short(trainable)} trainable)",
         *getattr(exp, "notes", []),
-        f"data:        {cfg.data.name}: {sizes} examples",
-        f"steps:       {', '.join(steps) or 'no limit'}; {batch}",
-        f"device:      {device_text(trainer)}, precision {trainer.precision}",
+        f"data: {cfg.data.name}: {sizes} examples",
+        f"steps: {', '.join(steps) or 'no limit'}; {batch}",
+        f"device: {device_text(trainer)}, precision {trainer.precision}",
     ]
     if resuming:
         lines.append(f"resuming from {resuming}")
@@ -246,28 +246,28 @@ def summary(exp, trainer, metrics: dict, seconds: float) -> str:
     run_dir = Path(cfg.paths.run_dir)
     lines = [rule(f"done in {duration(seconds)}, {metrics.get('global_step', 0):,} steps")]
     if (best := best_score(trainer, cfg.objective.monitor)) is not None:
-        lines.append(f"best:        {cfg.objective.monitor}={best:.4g} ({best_note(cfg)})")
+        lines.append(f"best: {cfg.objective.monitor}={best:.4g} ({best_note(cfg)})")
     final = {k: v for k, v in metrics.items() if k.startswith(("val/", "test/"))}
-    lines.append(f"final:       {metric_text(final)}")
+    lines.append(f"final: {metric_text(final)}")
     if speed := speed_text(trainer):
-        lines.append(f"speed:       {speed}")
+        lines.append(f"speed: {speed}")
     for key, value in metrics.items():  # val/confusion_matrix, test/confusion_matrix
         if key.endswith("confusion_matrix"):
             lines += [f"{key}:", confusion_table(value)]
     if "sample" in metrics:
         lines.append(f"sample: {metrics['sample']}")
-    lines.append(f"run dir:     {run_dir}")
+    lines.append(f"run dir: {run_dir}")
     if "export" in metrics:
-        lines.append(f"export:      {metrics['export']}")
+        lines.append(f"export: {metrics['export']}")  # lmlab-chain reads this line
     files = [run_dir / name for name in ("metrics.json", "metrics.csv")]
-    lines.append(f"metrics:     {', '.join(str(f) for f in files if f.is_file())}")
+    lines.append(f"metrics: {', '.join(str(f) for f in files if f.is_file())}")
     if plots := sorted(p.name for p in run_dir.glob("*.png")):
-        lines.append(f"plots:       {', '.join(plots)}")
+        lines.append(f"plots: {', '.join(plots)}")
     if log := log_file():
-        lines.append(f"log:         {log}")
-    lines.append(f"evaluate:    lmlab-eval {run_dir}")
+        lines.append(f"log: {log}")
+    lines.append(f"evaluate: lmlab-eval {run_dir}")
     if "export" in metrics and (predict := predict_command(exp.objective, metrics["export"])):
-        lines.append(f"predict:     {predict}")
+        lines.append(f"predict: {predict}")
     return "\n".join([*lines, rule()])
 
 
