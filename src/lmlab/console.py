@@ -227,7 +227,7 @@ def header(exp, trainer, resuming: str | None = None) -> str:
         f"run dir: {cfg.paths.run_dir}",
         f"model: {cfg.model.name} ({type(exp.model).__name__}) {start}",
         f"parameters: {short(total)} ({short(trainable)} trainable)",
-        *getattr(exp, "notes", []),
+        *exp.notes,  # e.g. new weights (not in the checkpoint): ...
         f"data: {cfg.data.name}: {sizes} examples",
         f"steps: {', '.join(steps) or 'no limit'}; {batch}",
         f"device: {device_text(trainer)}, precision {trainer.precision}",
