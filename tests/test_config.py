@@ -151,6 +151,15 @@ def test_own_csv_overrides_compose(tmp_path):
         compose(["data.delimiter=;"], run_dir=tmp_path)
 
 
+def test_every_canonical_column_maps_without_plus_on_files_and_hub(tmp_path):
+    from lmlab.data.sources import CANONICAL
+
+    for data in ("data=files", "data=hub"):
+        columns = [f"data.columns.{name}=my_{name}" for name in CANONICAL]
+        mapped = compose([data, *columns], run_dir=tmp_path).data.columns
+        assert dict(mapped) == {name: f"my_{name}" for name in CANONICAL}
+
+
 @pytest.mark.parametrize(
     "model, override, bad, suggestion",
     [

@@ -214,8 +214,9 @@ def test_not_a_sweep_dir_is_one_clear_error(tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err == (
-        f"lmlab-report: error: {tmp_path}: not a sweep dir; expected numbered job dirs holding "
-        ".hydra/overrides.yaml (e.g. outputs/multirun/<name>/<hash>)"
+        f"lmlab-report: error: {tmp_path}: neither a run dir (holding metrics.json, metrics.csv, "
+        "status.json or config.yaml) nor a sweep dir (numbered job dirs holding "
+        ".hydra/overrides.yaml, e.g. outputs/multirun/<name>/<hash>)"
     )
     assert not (tmp_path / "report.md").exists()
 
@@ -295,3 +296,130 @@ def test_config_values_are_read_as_written_and_never_resolved(tmp_path):
     assert job_config_value([SimpleNamespace(path=job)], "objective.monitor") == "val/loss"
     assert job_config_value([SimpleNamespace(path=job)], "objective.nope") is None
     assert calls == []
+
+
+# ---------------------------------------------------------------- seed groups, runs side by side
+
+# val/accuracy of `objective.lr=<lr> seed=<seed>`: lr 3e-4 is better on every seed
+SEEDED = {("1e-4", "1"): 0.80, ("1e-4", "2"): 0.84, ("1e-4", "3"): 0.82,
+          ("3e-4", "1"): 0.86, ("3e-4", "2"): 0.90, ("3e-4", "3"): 0.88}  # fmt: skip
+SEED_CONFIG = {"optimized_metric": "val/accuracy", "objective": {"monitor_mode": "max"}}
+
+
+def write_seeded(root, values, status="completed"):
+    """A finished job or run dir with a known final val/accuracy."""
+    for num, ((lr, seed), accuracy) in enumerate(values.items()):
+        overrides = ["experiment=finetune_sentiment", f"objective.lr={lr}", f"seed={seed}"]
+        job = write_job(root, num, overrides, status)
+        (job / "config.yaml").write_text(yaml.safe_dump(SEED_CONFIG))
+        if status == "completed":
+            (job / "metrics.json").write_text(json.dumps({"val/accuracy": accuracy}))
+    return root
+
+
+def test_jobs_differing_only_in_seed_form_one_row_with_mean_std_n(tmp_path, capsys):
+    sweep = write_seeded(tmp_path / "sweep", SEEDED)
+    write_job(sweep, 6, ["experiment=finetune_sentiment", "objective.lr=3e-4", "seed=4"], "failed")
+    result = report(sweep)
+    best, worse = result["groups"]
+    assert [job.num for job in best.jobs] == [3, 4, 5, 6]  # in seed order
+    assert best.mean("val/accuracy") == pytest.approx(0.88)
+    assert best.std("val/accuracy") == pytest.approx(0.02)  # sample std (ddof=1) of .86 .90 .88
+    assert len(best.values("val/accuracy")) == 3  # the failed seed does not count
+    assert worse.mean("val/accuracy") == pytest.approx(0.82)
+
+    rows = read_report_csv(sweep / "groups.csv")
+    assert rows[0] == ["jobs", "seeds", "n", "objective.lr", "val/accuracy",
+                       "val/accuracy std (ddof=1)", "status"]  # fmt: skip
+    assert rows[1][:4] == ["3 4 5 6", "1 2 3 4", "3", "3e-4"]
+    assert float(rows[1][4]) == pytest.approx(0.88) and float(rows[1][5]) == pytest.approx(0.02)
+    assert rows[1][6] == "3 completed, 1 failed"
+    assert rows[2][:4] == ["0 1 2", "1 2 3", "3", "1e-4"]
+    assert len(read_report_csv(sweep / "report.csv")) == 8  # one row per job stays
+
+    md = (sweep / "report.md").read_text()
+    assert "mean ± sample standard deviation (ddof=1)" in md
+    assert "| 3 4 5 6 | 1 2 3 4 | 3 | 3e-4 | 0.88 ± 0.02 | 3 completed, 1 failed |" in md
+    command = "lmlab-train -m experiment=finetune_sentiment objective.lr=3e-4 seed=1,2,3,4"
+    assert "Best setting: jobs 3 4 5 6 (val/accuracy = 0.88 ± 0.02, n=3)" in md and command in md
+    best_record = yaml.safe_load((sweep / "best.yaml").read_text())
+    assert best_record["job"] == 4 and best_record["best_group"]["n"] == 3
+    assert best_record["best_group"]["command"] == command
+    assert best_record["best_group"]["std"] == pytest.approx(0.02)
+
+    main([str(sweep)])
+    printed = capsys.readouterr().out
+    assert "| 0 1 2 | 1 2 3 | 3 | 1e-4 | 0.82 ± 0.02 | 3 completed |" in printed
+
+    drawn = (result[k] for k in ("jobs", "params", "target", "groups"))
+    lr_ax, seed_ax = params_figure(*drawn).axes
+    group_points = [line for line in lr_ax.get_lines() if line.get_marker() == "s"]
+    assert sorted(line.get_ydata()[0] for line in group_points) == pytest.approx([0.82, 0.88])
+    assert not [line for line in seed_ax.get_lines() if line.get_marker() == "s"]
+
+
+def test_report_curves_one_colour_and_legend_entry_per_seed_group(tmp_path):
+    sweep = tmp_path / "sweep"
+    for num, (lr, seed) in enumerate([("1e-4", 1), ("1e-4", 2), ("3e-4", 1), ("3e-4", 2)]):
+        write_job(sweep, num, [f"objective.lr={lr}", f"seed={seed}"], "completed", CURVES[num % 2])
+    result = report(sweep)
+    fig = curves_figure(*(result[k] for k in ("jobs", "params", "target", "groups")))
+    colours = {}
+    for job, line in zip(result["jobs"], fig.axes[0].get_lines()):
+        colours.setdefault(job.override_values()["objective.lr"], set()).add(line.get_color())
+    assert [len(c) for c in colours.values()] == [1, 1] and colours["1e-4"] != colours["3e-4"]
+    (legend,) = fig.legends
+    assert sorted(t.get_text() for t in legend.get_texts()) == [
+        "lr=1e-4 (seeds 1 2)",
+        "lr=3e-4 (seeds 1 2)",
+    ]
+
+
+def test_a_seed_only_sweep_is_one_group_and_a_lone_seed_has_no_std(tmp_path):
+    six_seeds = {("1e-4", str(seed)): v for seed, v in enumerate(SEEDED.values())}
+    sweep = write_seeded(tmp_path / "sweep", six_seeds)
+    (group,) = report(sweep)["groups"]  # lr the same everywhere: only seed varies
+    assert group.mean("val/accuracy") == pytest.approx(sum(SEEDED.values()) / 6)
+
+    uneven = write_seeded(tmp_path / "uneven", {("1e-4", "1"): 0.8, ("1e-4", "2"): 0.9,
+                                                ("3e-4", "1"): 0.7})  # fmt: skip
+    result = report(uneven)
+    assert [(g.mean("val/accuracy"), g.std("val/accuracy")) for g in result["groups"]] == [
+        (pytest.approx(0.85), pytest.approx(0.0707107)),
+        (0.7, None),
+    ]
+    assert "| 2 | 1 | 1 | 3e-4 | 0.7 | 1 completed |" in (uneven / "report.md").read_text()
+
+    no_seed = write_seeded(tmp_path / "no_seed", {("1e-4", "1"): 0.8, ("3e-4", "1"): 0.9})
+    assert report(no_seed)["groups"] is None and not (no_seed / "groups.csv").exists()
+
+
+def test_run_dirs_side_by_side(tmp_path, capsys):
+    """Runs that are not a sweep: named by their paths, grouped by seed, files only with --out."""
+    runs = write_seeded(tmp_path / "outputs" / "finetune_sentiment", SEEDED)
+    dirs = [runs / str(num) for num in range(6)]
+    (dirs[5] / ".hydra" / "overrides.yaml").unlink()  # started from Python: status.json's copy
+    overrides = ["experiment=finetune_sentiment", "objective.lr=3e-4", "seed=3"]
+    record = {"status": "completed", "overrides": overrides}
+    (dirs[5] / "status.json").write_text(json.dumps(record))
+
+    main([str(d) for d in dirs])
+    printed = capsys.readouterr().out
+    assert "| 3 4 5 | 1 2 3 | 3 | 3e-4 | 0.88 ± 0.02 | 3 completed |" in printed
+    assert "--out DIR writes report.md" in printed
+    assert not list(tmp_path.rglob("report.md"))  # a run's own files are never replaced
+
+    out = tmp_path / "compare"
+    result = report([dirs[0], dirs[4]], out=out)
+    assert [job.label for job in result["jobs"]] == ["4", "0"]  # relative to their shared dir
+    assert result["groups"] is None  # lr and seed both differ: no two share a setting
+    assert read_report_csv(out / "report.csv")[1][:4] == ["4", "completed", "3e-4", "2"]
+    assert (out / "report.md").read_text().startswith("# Runs side by side")
+
+    with pytest.raises(SystemExit):
+        main([str(dirs[0]), str(tmp_path / "nope")])
+    err = capsys.readouterr().err
+    assert err.startswith(f"lmlab-report: error: {tmp_path / 'nope'}: not a directory")
+    with pytest.raises(SystemExit):
+        main([str(dirs[0]), str(dirs[0])])
+    assert capsys.readouterr().err.startswith(f"lmlab-report: error: {dirs[0]}: the same run dir")

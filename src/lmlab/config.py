@@ -9,6 +9,7 @@ transformers or lightning: the CLI uses it for `--help` and `--cfg job`.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import functools
 import importlib.util
 import json
@@ -22,6 +23,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from lmlab.config_checks import check_model_config, check_settings, init_defaults
 from lmlab.errors import LmlabError
+from lmlab.records import FRESH_KEY
 from lmlab.resolvers import register_resolvers
 
 
@@ -86,6 +88,29 @@ class ObjectiveConfig:
 
 
 @dataclass
+class LoraConfig:
+    """objective.peft=lora: low-rank adapters (peft's LoRA) on target_modules; the rest of the
+    backbone stays frozen, the task head trains in full."""
+
+    r: int = 8  # the adapters' rank
+    alpha: float = 16.0  # their output is scaled by alpha / r
+    dropout: float = 0.1  # on the adapters' inputs
+    # names (or dotted name suffixes) of the linear layers to adapt; None: peft's default for
+    # the model family (BERT: query, value; GPT-2: c_attn)
+    target_modules: list[str] | None = None
+    # merged: LoRA folded into the weights, a plain Hugging Face model | adapter: peft's
+    # adapter directory (PeftModel.from_pretrained on the base model)
+    export: str = "merged"
+
+
+@dataclass
+class FineTuningConfig(ObjectiveConfig):
+    # null: every weight trains | lora: only low-rank adapters and the task head (objective.lora)
+    peft: str | None = None
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+
+@dataclass
 class MLMConfig(ObjectiveConfig):
     mlm_probability: float = 0.15
     mask_replace_prob: float = 0.8  # of the chosen tokens: [MASK]
@@ -105,7 +130,7 @@ class MLMNSPConfig(MLMConfig, NSPConfig):
 
 
 @dataclass
-class CLMConfig(ObjectiveConfig):
+class CLMConfig(FineTuningConfig):
     sample_prompt: str = ""  # generated from after training; empty: start of text
     sample_max_new_tokens: int = 60
 
@@ -124,12 +149,12 @@ class DecodingConfig:
 
 
 @dataclass
-class SequenceClassificationConfig(ObjectiveConfig):
+class SequenceClassificationConfig(FineTuningConfig):
     classifier_dropout: float | None = None  # None: the model config's own
 
 
 @dataclass
-class TokenClassificationConfig(ObjectiveConfig):
+class TokenClassificationConfig(FineTuningConfig):
     classifier_dropout: float | None = None
     # Pack consecutive sentences of one document (data column `document`) into each input,
     # up to data.max_length tokens, so that every word is tagged in its context; then
@@ -138,7 +163,7 @@ class TokenClassificationConfig(ObjectiveConfig):
 
 
 @dataclass
-class ExtractiveQAConfig(ObjectiveConfig):
+class ExtractiveQAConfig(FineTuningConfig):
     doc_stride: int = 128  # tokens of overlap between the windows of a long context
     max_answer_length: int = 30  # in tokens
     n_best: int = 20  # start and end candidates searched per window
@@ -147,14 +172,14 @@ class ExtractiveQAConfig(ObjectiveConfig):
 
 
 @dataclass
-class GenerativeQAConfig(ObjectiveConfig):
+class GenerativeQAConfig(FineTuningConfig):
     # {context} and {question} are filled in; the answer follows, then end-of-text.
     prompt_template: str = "Context: {context}\nQuestion: {question}\nAnswer:"
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
 
 
 @dataclass
-class TextGenerationConfig(ObjectiveConfig):
+class TextGenerationConfig(FineTuningConfig):
     prompts: list[str] = field(default_factory=lambda: [""])  # sampled at each validation
     decoding: DecodingConfig = field(
         default_factory=lambda: DecodingConfig(
@@ -367,6 +392,7 @@ def validate(cfg: DictConfig) -> None:
     for key, needed, what in required:
         if needed and OmegaConf.select(cfg, key) is None:
             raise LmlabError(f"{key}: required here; set it to {what} ({key}=...)")
+    check_known_keys(cfg)
     check_settings(cfg)
     model = cfg.model
     model_type = _local_model_type(model.name_or_path) or model.model_type
@@ -380,6 +406,32 @@ def validate(cfg: DictConfig) -> None:
     if known:
         values = OmegaConf.to_container(model.config, resolve=True)
         check_model_config(values, hf_config_defaults(model_type))
+
+
+def check_known_keys(node: DictConfig, path: str = "") -> None:
+    """Every key of a node a schema describes (data, objective, trainer, ...) is one of the
+    schema's: `+data.batchsize=3` would otherwise be accepted and silently ignored. Free-form
+    nodes (model.config, trainer.kwargs, callbacks, logger) take any key."""
+    schema = OmegaConf.get_type(node)
+    if dataclasses.is_dataclass(schema):
+        known = {f.name for f in dataclasses.fields(schema)} | ({FRESH_KEY} if not path else set())
+        for key in node:
+            if key not in known:
+                raise LmlabError(unknown_key(f"{path}{key}", known))
+    for key in node:
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_none() and not child._is_missing():
+            check_known_keys(child, f"{path}{key}.")
+
+
+def unknown_key(key: str, known: set[str]) -> str:
+    """One line for a key that is not in its node's schema: the nearest and every valid one."""
+    import difflib
+
+    leaf = key.rpartition(".")[2]
+    near = difflib.get_close_matches(leaf, sorted(known), n=1, cutoff=0.6)
+    hint = f" (did you mean {key[: -len(leaf)]}{near[0]}?)" if near else ""
+    return f"{key}: no such key{hint}; expected one of: {', '.join(sorted(known))}"
 
 
 def _close(key: str, known: set[str]) -> list[str]:

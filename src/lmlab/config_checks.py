@@ -142,6 +142,10 @@ def _labels(v) -> bool:
     return v is None or len(v) > 0 and len(set(map(str, v))) == len(v)
 
 
+def _names(v) -> bool:
+    return isinstance(v, list) and len(v) > 0 and all(isinstance(n, str) and n for n in v)
+
+
 def _monitor(v) -> bool:
     return isinstance(v, str) and v.startswith("val/") and len(v) > 4
 
@@ -159,6 +163,12 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "objective.freeze_layers": (lambda v: _int(v) and v >= 0, "an integer >= 0"),
     "objective.monitor": (_monitor, "a validation metric: val/loss, val/accuracy, ..."),
     "objective.monitor_mode": (one_of("min", "max"), "min or max"),
+    "objective.peft": (optional(one_of("lora")), "lora, or null (every weight trains)"),
+    "objective.lora.r": (at_least_one, "an integer >= 1 (the adapters' rank)"),
+    "objective.lora.alpha": (positive, "a number > 0"),
+    "objective.lora.dropout": (lambda v: _num(v) and 0 <= v < 1, "a probability in [0, 1)"),
+    "objective.lora.target_modules": (optional(_names), "a non-empty list of module names"),
+    "objective.lora.export": (one_of("merged", "adapter"), "merged or adapter"),
     "objective.mlm_probability": (open_fraction, "a probability in (0, 1)"),
     "objective.mask_replace_prob": (fraction, "a probability in [0, 1]"),
     "objective.random_replace_prob": (fraction, "a probability in [0, 1]"),

@@ -225,7 +225,7 @@ def header(exp, trainer, resuming: str | None = None) -> str:
     lines = [
         rule(f"lmlab-train: {cfg.name}"),
         f"run dir: {cfg.paths.run_dir}",
-        f"model: {cfg.model.name} ({type(exp.model).__name__}) {start}",
+        f"model: {cfg.model.name} ({model_kind(exp.model, cfg.objective)}) {start}",
         f"parameters: {short(total)} ({short(trainable)} trainable)",
         *exp.notes,  # e.g. new weights (not in the checkpoint): ...
         f"data: {cfg.data.name}: {sizes} examples",
@@ -287,6 +287,13 @@ def parameter_counts(model) -> tuple[int, int]:
     """(all, trainable) parameters; trainable: those with requires_grad (LoRA: the adapters)."""
     parameters = list(model.parameters())
     return sum(p.numel() for p in parameters), sum(p.numel() for p in parameters if p.requires_grad)
+
+
+def model_kind(model, objective_cfg) -> str:
+    """The Hugging Face class, with the parameter-efficient method wrapped around it."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    method = objective_cfg.get("peft")
+    return type(base).__name__ + (f" + {method}" if method else "")
 
 
 def device_text(trainer) -> str:

@@ -92,7 +92,7 @@ def build_experiment(cfg: DictConfig, data: Data | None = None) -> Experiment:
     same data settings and seed, is used instead of loading the data again."""
     from hydra.utils import get_class
 
-    from lmlab import models, tokenizers
+    from lmlab import adapters, models, tokenizers
     from lmlab.data.datamodule import DataModule
     from lmlab.module import TaskModule
 
@@ -115,6 +115,7 @@ def build_experiment(cfg: DictConfig, data: Data | None = None) -> Experiment:
     model, new = models.load_or_create(cfg.model, head, tokenizer, extra)
     datamodule = DataModule(raw, fingerprint, objective, cfg.data, cfg.paths.cache_dir)
     notes = start_from_pretrained(cfg.model, model, new, objective, datamodule)
+    model = adapters.wrap(model, cfg.objective, head, new)  # objective.peft: head set
     return Experiment(
         config=cfg,
         tokenizer=tokenizer,

@@ -28,10 +28,14 @@ def pretrained_from_scratch(name_or_path: str | Path | None) -> bool:
 
 def save_pretrained(model, tokenizer, run_dir: str | Path, task: dict | None = None) -> Path:
     """<run dir>/export: safetensors weights, config (with the label maps) and tokenizer,
-    loadable with the matching AutoModelFor... class and no lmlab import."""
+    loadable with the matching AutoModelFor... class and no lmlab import. A peft model
+    (objective.lora.export=adapter) writes its adapter instead of the weights, beside the
+    config of the model it adapts: README.md (Fine-tuning, LoRA) says how to load it."""
 
     def write(folder: Path) -> None:
         model.save_pretrained(folder)
+        if hasattr(model, "peft_config"):  # the task's config (label maps) beside the adapter
+            model.get_base_model().config.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
         if task is not None:
             write_json(task, folder / TASK_FILE)

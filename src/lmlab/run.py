@@ -133,6 +133,7 @@ def train(cfg: DictConfig) -> dict:
 
 def fit_and_export(exp: Experiment, trainer) -> dict:
     """train(), once the objects exist: every process of a multi-process run runs it."""
+    from lmlab import adapters
     from lmlab.checkpointing import check_resume, run_identity
     from lmlab.export import save_pretrained
     from lmlab.fileutil import write_json, write_text
@@ -162,7 +163,8 @@ def fit_and_export(exp: Experiment, trainer) -> dict:
     model = whole_model(exp.model, trainer)  # every process takes part under FSDP
     if trainer.is_global_zero:
         if cfg.export:
-            export = save_pretrained(model, exp.tokenizer, run_dir, task_info(cfg))
+            exportable = adapters.exported(model, cfg.objective)  # LoRA: merged, or adapter
+            export = save_pretrained(exportable, exp.tokenizer, run_dir, task_info(cfg))
             metrics["export"] = str(export)
         metrics |= exp.objective.finish(model, run_dir)
         write_json(metrics, run_dir / "metrics.json")
@@ -257,6 +259,7 @@ def load_model(stored: Stored, cfg: DictConfig, device: str = "cpu", data: Data 
 def _from_export(export: Path, head: str):
     import transformers
 
+    from lmlab.adapters import is_adapter, load_adapter
     from lmlab.models import custom_code
     from lmlab.tokenizers import with_pad_token
 
@@ -266,7 +269,11 @@ def _from_export(export: Path, head: str):
             "from an export"
         )
     try:  # trust_remote_code=False: never run (or ask to run) Python that came with it
-        model = getattr(transformers, head).from_pretrained(str(export), trust_remote_code=False)
+        auto = getattr(transformers, head)
+        if is_adapter(export):  # objective.lora.export=adapter: base model + peft adapter
+            model = load_adapter(auto, export)
+        else:
+            model = auto.from_pretrained(str(export), trust_remote_code=False)
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(export), trust_remote_code=False)
     except (OSError, ValueError) as e:
         reason = str(e).strip().splitlines()[0]

@@ -35,6 +35,14 @@ CASES = {
     "logger foo": (["logger=foo"], ["logger=foo", "csv", "tensorboard"]),
     "trainer tpu": (["trainer=tpu"], ["trainer=tpu", "default", "gpu"]),
     "trainer kwargs new key": (["trainer.kwargs.foo=1"], ["trainer.kwargs.foo", "+trainer.kwargs"]),
+    # a typo in a key a schema describes: the nearest and the valid keys, no `+` advice
+    # (issue 12 item 2; `+` would add a key that nothing reads)
+    "columns typo": (["data.columns.txt=body"], ["data.columns.text?", "text_pair"]),
+    "data key typo": (["data.batchsize=3"], ["data.batch_size?", "eval_batch_size"]),
+    "added with plus": (["+objective.lrr=1"], ["objective.lr?", "warmup_ratio"]),
+    "one value for a group": (["data.columns=body"], ["data.columns", "group of settings"]),
+    "setting deleted": (["~data.batch_size"], ["data.batch_size", "cannot be deleted"]),
+    "unknown flag": (["--cfg", "jobb"], ["--cfg", "'jobb'", "--help"]),
     # the issue's: misleading today
     "data file missing": (["data=does_not_exist.txt"], ["does_not_exist.txt", "no such file"]),
     "experiment for another objective": (

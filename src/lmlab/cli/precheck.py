@@ -7,6 +7,7 @@ exit 2, before Hydra prints its multi-line message or creates a run dir.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import re
@@ -17,7 +18,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lmlab.config import config_dir, validate
+from lmlab.config import config_dir, unknown_key, validate
 from lmlab.errors import LmlabError
 
 # Hydra flags after which no config is composed (or a config path we cannot mirror)
@@ -31,10 +32,9 @@ def check_command(args: list[str]) -> None:
 
     if any(a.split("=")[0] in _SKIP for a in args):
         return
-    try:
-        parsed = get_args_parser().parse_args(args)
-    except SystemExit:  # argparse has printed its usage line
-        raise
+    parser = get_args_parser()
+    parser.error = _usage_error  # one line, not argparse's usage block
+    parsed = parser.parse_args(args)
     overrides = list(parsed.overrides)
     if parsed.config_dir:
         overrides.append(f"hydra.searchpath=[file://{parsed.config_dir}]")
@@ -48,6 +48,10 @@ def check_command(args: list[str]) -> None:
         validate(cfg)
     for key in ("paths.output_dir", "paths.cache_dir"):
         check_writable(key, OmegaConf.select(cfg, key))
+
+
+def _usage_error(message: str):
+    raise LmlabError(f"{message} (lmlab-train --help lists the options)")
 
 
 def check_writable(key: str, path: str | None) -> None:
@@ -181,13 +185,17 @@ def _composition_message(e: Exception, overrides: list[str]) -> str:
     message = str(getattr(cause, "msg", cause)).splitlines()[0]
     within = re.match(r"In '([^']+)':", text)
     if "not in" in message or "is not in struct" in message:
-        return _unknown_key(key, within.group(1) if within else None, text)
+        return _unknown_key(key, within.group(1) if within else None, text, cause)
     value = next((o.split("=", 1)[1] for o in overrides if o.split("=")[0] == key), None)
     got = f", got {value!r}" if value is not None else ""
     return f"{key}: {_type_expected(message)}{got}"
 
 
 def _type_expected(message: str) -> str:
+    if "is not a subclass of" in message or re.match(r"Cannot assign \w+ to Dict", message):
+        return "expected a group of settings (key.<name>=value), not one value"
+    if "does not support deletion" in message:
+        return "a setting cannot be deleted (~key); set it instead (key=value)"
     kind = re.search(r"converted to (\w+)", message)
     if kind:
         kind = {"Float": "number", "Integer": "integer", "Boolean": "boolean (true or false)"}.get(
@@ -197,7 +205,7 @@ def _type_expected(message: str) -> str:
     return message
 
 
-def _unknown_key(key: str, within: str | None, text: str) -> str:
+def _unknown_key(key: str, within: str | None, text: str, cause: Exception) -> str:
     if within and within != "train":  # set by a config file, e.g. an experiment
         group = key.split(".")[0]
         return (
@@ -210,6 +218,9 @@ def _unknown_key(key: str, within: str | None, text: str) -> str:
             f"{key}: not a key of model; architecture settings go under model.config "
             f"(model.config.{leaf}=...)"
         )
-    if "+" + key in text or "To append" in text:
+    schema = getattr(cause, "object_type", None)
+    if dataclasses.is_dataclass(schema):  # `+` would add a key that nothing reads
+        return unknown_key(key, {f.name for f in dataclasses.fields(schema)})
+    if "+" + key in text or "To append" in text:  # a free-form node: model.config, trainer.kwargs
         return f"{key}: no such key; to add a new key use +{key}=..."
     return f"{key}: no such key"

@@ -1,17 +1,21 @@
-"""Reading and ranking the jobs of a sweep for lmlab-report, from the files alone.
+"""Reading and ranking the jobs of a sweep (or runs side by side) for lmlab-report, from the
+files alone.
 
 Each job: overrides (.hydra/overrides.yaml), final metrics (metrics.json, else the last values
 of metrics.csv), status (status.json, through lmlab.records). What to rank by is a Target (a
 metric and a direction): --metric/--mode, else the jobs' optimized_metric or
 objective.monitor, with the direction of the Optuna sweeper, objective.monitor_mode, or a
 guess from the metric's name. Completed jobs rank first, then incomplete ones, failed last.
+Jobs that differ only in `seed` form a Group: mean, sample standard deviation and n.
 """
 
 from __future__ import annotations
 
 import csv
 import math
+import os
 import re
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +24,7 @@ from lmlab.errors import LmlabError
 from lmlab.records import COMPLETED, FAILED, INCOMPLETE
 
 STATUS_ORDER = {COMPLETED: 0, INCOMPLETE: 1, FAILED: 2}
+RUN_FILES = ("metrics.json", "metrics.csv", "status.json", "config.yaml")  # one of: a run dir
 NO_RECORD = "no status.json or metrics.json: still running, or killed"
 
 
@@ -32,6 +37,11 @@ class Job:
     error: str = ""
     metrics: dict[str, float] = field(default_factory=dict)  # final (or last logged) values
     curve_rows: list[dict[str, float]] = field(default_factory=list)  # metrics.csv, parsed
+    name: str = ""  # a run dir's path (runs side by side); a sweep's job goes by its number
+
+    @property
+    def label(self) -> str:
+        return self.name or str(self.num)
 
     def override_values(self) -> dict[str, str]:
         """key -> value; `+key=v` and `++key=v` set the same key as `key=v`."""
@@ -56,16 +66,21 @@ class Target:
 # ---------------------------------------------------------------- reading the sweep
 
 
+def not_runs(path: Path) -> LmlabError:
+    return LmlabError(
+        f"{path}: neither a run dir (holding {', '.join(RUN_FILES[:-1])} or {RUN_FILES[-1]}) "
+        "nor a sweep dir (numbered job dirs holding .hydra/overrides.yaml, "
+        "e.g. outputs/multirun/<name>/<hash>)"
+    )
+
+
 def job_dirs(sweep_dir: Path) -> list[Path]:
     """The sweep's job dirs that Hydra started (they hold .hydra/overrides.yaml)."""
     if not sweep_dir.is_dir():
-        raise LmlabError(f"{sweep_dir}: not a directory; expected a sweep (multirun) dir")
+        raise LmlabError(f"{sweep_dir}: not a directory; expected a run dir or a sweep dir")
     dirs = [d for d in records.job_dirs(sweep_dir) if (d / ".hydra" / "overrides.yaml").is_file()]
     if not dirs:
-        raise LmlabError(
-            f"{sweep_dir}: not a sweep dir; expected numbered job dirs holding "
-            ".hydra/overrides.yaml (e.g. outputs/multirun/<name>/<hash>)"
-        )
+        raise not_runs(sweep_dir)
     return dirs
 
 
@@ -129,8 +144,19 @@ def job_status(record: dict, final: dict | None) -> tuple[str, str]:
     return status, error
 
 
-def read_job(path: Path) -> Job:
-    overrides = read_yaml(path / ".hydra" / "overrides.yaml") or []
+def read_overrides(path: Path) -> list:
+    """Hydra's record of the command line, else status.json's copy (a run started from Python
+    has neither: no overrides)."""
+    if (path / ".hydra" / "overrides.yaml").is_file():
+        return read_yaml(path / ".hydra" / "overrides.yaml") or []
+    try:
+        return (records.read_status(path) or {}).get("overrides") or []
+    except LmlabError:
+        return []
+
+
+def read_job(path: Path, num: int | None = None, name: str = "") -> Job:
+    overrides = read_overrides(path)
     rows = read_curve_rows(path / "metrics.csv")
     final = records.read_json(path / "metrics.json")
     try:
@@ -142,11 +168,42 @@ def read_job(path: Path) -> Job:
     metric_name, value = record.get("optimized_metric"), record.get("value")
     if metric_name and isinstance(value, int | float) and metric_name not in metrics:
         metrics[metric_name] = float(value)
-    return Job(int(path.name), path, [str(o) for o in overrides], status, error, metrics, rows)
+    num = int(path.name) if num is None else num
+    return Job(num, path, [str(o) for o in overrides], status, error, metrics, rows, name)
 
 
 def read_jobs(sweep_dir: Path) -> list[Job]:
     return [read_job(d) for d in job_dirs(sweep_dir)]
+
+
+def is_run_dir(path: Path) -> bool:
+    return any((path / name).is_file() for name in RUN_FILES)
+
+
+def read_runs(paths: list[Path]) -> tuple[list[Job], Path | None]:
+    """(jobs, the sweep dir): one sweep dir gives its jobs, numbered as in the sweep; run dirs
+    (or several sweeps) are numbered in the order given and named by their paths, shortened to
+    what tells them apart."""
+    if len(paths) == 1 and not is_run_dir(paths[0]):
+        return read_jobs(paths[0]), paths[0]
+    dirs = []
+    for path in paths:
+        dirs += [path] if is_run_dir(path) else job_dirs(path)
+    names = short_paths(dirs)
+    return [read_job(d, num, name) for num, (d, name) in enumerate(zip(dirs, names))], None
+
+
+def short_paths(dirs: list[Path]) -> list[str]:
+    """The dirs relative to the folder they share (`0b9217df`, or `finetune_ner/0b9217df` for
+    runs of two experiments); one dir: its name."""
+    resolved = [d.resolve() for d in dirs]
+    for i, path in enumerate(resolved):
+        if path in resolved[:i]:
+            raise LmlabError(f"{dirs[i]}: the same run dir given twice; give each once")
+    if len(dirs) == 1:
+        return [dirs[0].name]
+    common = Path(os.path.commonpath(resolved))
+    return [str(d.relative_to(common)) for d in resolved]
 
 
 def swept_params(jobs: list[Job]) -> list[str]:
@@ -188,8 +245,10 @@ def as_written(cfg, key: str):
     return node
 
 
-def optuna_direction(sweep_dir: Path) -> str | None:
+def optuna_direction(sweep_dir: Path | None) -> str | None:
     """min | max from the Optuna sweeper's direction in multirun.yaml, if the sweep used it."""
+    if sweep_dir is None:  # runs side by side
+        return None
     path = sweep_dir / "multirun.yaml"
     if not path.is_file():
         return None
@@ -201,6 +260,13 @@ def optuna_direction(sweep_dir: Path) -> str | None:
         direction = direction[0] if direction else None
     modes = {optuna: mode for mode, optuna in records.DIRECTIONS.items()}  # maximize -> max
     return modes.get(str(direction).lower())
+
+
+def headline(metric: str) -> bool:
+    """Whether a metric compares settings at a glance: not one class's F1 (f1_<label>),
+    precision or recall (F1 sums them up) or global_step."""
+    name = metric.split("/", 1)[-1]
+    return not name.startswith("f1_") and name not in ("precision", "recall", "global_step")
 
 
 def guess_mode(metric: str) -> str:
@@ -223,7 +289,7 @@ def choose_metric(jobs: list[Job], metric: str | None) -> tuple[str, str]:
     )
 
 
-def choose_mode(sweep_dir: Path, jobs: list[Job], metric: str, mode: str | None):
+def choose_mode(sweep_dir: Path | None, jobs: list[Job], metric: str, mode: str | None):
     """(mode, where it came from): --mode, the Optuna sweeper's direction, the monitor's mode
     (when ranking by the monitor), else a guess from the metric's name."""
     if mode:
@@ -237,7 +303,7 @@ def choose_mode(sweep_dir: Path, jobs: list[Job], metric: str, mode: str | None)
 
 
 def choose_target(
-    sweep_dir: Path, jobs: list[Job], metric: str | None = None, mode: str | None = None
+    sweep_dir: Path | None, jobs: list[Job], metric: str | None = None, mode: str | None = None
 ) -> Target:
     metric, metric_source = choose_metric(jobs, metric)
     names = sorted({k for job in jobs for k in job.metrics})
@@ -268,3 +334,63 @@ def best_job(ranked: list[Job], target: Target) -> Job | None:
         if job.status == COMPLETED and value is not None and not math.isnan(value):
             return job
     return None
+
+
+# ---------------------------------------------------------------- seed groups
+
+SEED = "seed"
+
+
+@dataclass
+class Group:
+    """Jobs that differ only in `seed`, in rank order: one setting measured n times."""
+
+    jobs: list[Job]
+    params: dict[str, str]  # the swept values the jobs share
+
+    def values(self, metric: str) -> list[float]:
+        """The metric's final values of the completed jobs (never a killed job's partial one)."""
+        values = (job.metrics.get(metric) for job in self.jobs if job.status == COMPLETED)
+        return [v for v in values if v is not None and not math.isnan(v)]
+
+    def mean(self, metric: str) -> float | None:
+        values = self.values(metric)
+        return statistics.fmean(values) if values else None
+
+    def std(self, metric: str) -> float | None:
+        """The sample standard deviation (ddof=1); None for fewer than two values."""
+        values = self.values(metric)
+        return statistics.stdev(values) if len(values) > 1 else None
+
+    def seeds(self) -> list[str]:
+        return [job.override_values().get(SEED, "(unset)") for job in self.jobs]
+
+
+def seed_groups(ranked: list[Job], params: list[str], target: Target) -> list[Group] | None:
+    """The ranked jobs grouped by their swept values other than `seed`, best mean first
+    (groups without a completed value last); None when seed is not swept or no two jobs
+    share a setting."""
+    if SEED not in params:
+        return None
+    others = [p for p in params if p != SEED]
+    groups: dict[tuple, Group] = {}
+    for job in ranked:
+        values = job.override_values()
+        key = tuple(values.get(p) for p in others)
+        group = groups.setdefault(key, Group([], {p: values.get(p) for p in others}))
+        group.jobs.append(job)
+    if all(len(group.jobs) == 1 for group in groups.values()):
+        return None
+    for group in groups.values():
+        group.jobs.sort(key=lambda job: seed_order(job.override_values().get(SEED)))
+    return sorted(groups.values(), key=lambda g: target.sort_value(g.mean(target.metric)))
+
+
+def seed_order(seed: str | None) -> tuple:
+    """Seeds in numeric order (2 before 10), unset first, other strings after numbers."""
+    if seed is None:
+        return (0, 0, "")
+    try:
+        return (1, float(seed), "")
+    except ValueError:
+        return (2, 0, seed)
