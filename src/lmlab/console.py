@@ -29,6 +29,8 @@ HARMLESS_WARNINGS = [
     # Lightning 2.6's own pytree helper uses a class torch 2.13 deprecated; nothing a user
     # can change
     (FutureWarning, re.compile(r"`isinstance\(treespec, LeafSpec\)` is deprecated")),
+    # peft's LoRA wrapper (objective.peft=lora) reads an attribute transformers 5 renamed
+    (FutureWarning, re.compile(r"^`is_gradient_checkpointing` is deprecated")),
 ]
 
 # Known harmless log records (logger, level, message pattern): in the log file only.
