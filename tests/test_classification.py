@@ -327,7 +327,7 @@ def test_export_predicts_through_restore(memorisable_run, tiny_wordpiece):
 
 def test_own_csv_run_prints_the_confusion_matrix(tmp_path, lmlab_cache_dir, capsys):
     """The README's own-data command, shrunk: a ;-separated Latin-1 CSV with its own column
-    names and three labels; lmlab-train prints the export, then the confusion matrix."""
+    names and three labels; lmlab-train's summary prints the confusion matrix and the export."""
     from lmlab.build import compose
     from lmlab.cli.train import train_and_report
 
@@ -347,9 +347,9 @@ def test_own_csv_run_prints_the_confusion_matrix(tmp_path, lmlab_cache_dir, caps
     ]
     train_and_report(compose(overrides, run_dir=str(tmp_path / "run")))
     out = capsys.readouterr().out.splitlines()
-    export = next(i for i, line in enumerate(out) if line.startswith("export: "))
-    assert out[export + 1] == "val/confusion_matrix:"
-    assert out[export + 2].split() == ["true", "\\", "predicted", *LABELS_3]
-    table = [line.split() for line in out[export + 3 : export + 6]]
+    assert any(line.startswith("export: ") for line in out)
+    matrix = out.index("val/confusion_matrix:")
+    assert out[matrix + 1].split() == ["true", "\\", "predicted", *LABELS_3]
+    table = [line.split() for line in out[matrix + 2 : matrix + 5]]
     assert [row[0] for row in table] == LABELS_3
     assert [sum(map(int, row[1:])) for row in table] == [4, 4, 4]  # every row, once

@@ -71,3 +71,17 @@ def test_training_batches_group_by_length_unless_switched_off():
     ]
     assert sorted(n for b in plain for n in b) == list(range(1, 41))
     assert max(max(b) - min(b) for b in plain) > 1
+
+
+def test_cache_key_ignores_the_truncation_a_call_leaves_on_the_tokenizer(tiny_wordpiece):
+    """Tokenizing with truncation or padding changes the backend tokenizer's settings; the
+    preprocessing cache must still find the splits it wrote (a validation before fit once
+    made fit preprocess every split again)."""
+    objective = SimpleNamespace(tokenizer=tiny_wordpiece, fingerprint=lambda: {"o": 1})
+    dm = DataModule({}, "source", objective, SimpleNamespace(), "/unused")
+    before = dm.cache_key()
+    tiny_wordpiece(["the cat"], truncation=True, max_length=8, padding="max_length")
+    assert dm.cache_key() == before
+    tiny_wordpiece.backend_tokenizer.no_truncation()
+    tiny_wordpiece.backend_tokenizer.no_padding()
+    assert dm.cache_key() == before

@@ -436,7 +436,7 @@ def test_minilm_mlm_head_starts_from_the_tied_embeddings(minilm_run):
     """MiniLM ships no MLM head: lmlab says so and fits one whose first loss is far below
     a random head's (about ln(30522) = 10.3 and above)."""
     printed = minilm_run[3]
-    assert "newly initialised (not in" in printed
+    assert "new weights (not in the checkpoint): " in printed
     assert "cls.predictions.transform.dense.weight" in printed
     fitted = re.search(r"first validation loss ([\d.]+), ([\d.]+) with the random head", printed)
     assert fitted, printed

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import NamedTuple
 
 import torch
-from pytorch_lightning.callbacks import Callback, ProgressBar, TQDMProgressBar
+from pytorch_lightning.callbacks import Callback, ProgressBar
 from torch import nn
 
 from lmlab.errors import LmlabError
@@ -17,17 +17,19 @@ from lmlab.errors import LmlabError
 
 def progress_bar(refresh_rate: int = 10) -> ProgressBar:
     """A live bar on a terminal; plain lines when output goes to a file or a CI log."""
-    return TQDMProgressBar(refresh_rate) if sys.stdout.isatty() else LineProgress(refresh_rate)
+    return LiveProgress(refresh_rate) if sys.stdout.isatty() else LineProgress(refresh_rate)
 
 
 class LineProgress(ProgressBar):
-    """One line every `refresh_rate` optimizer steps, and one after each validation."""
+    """One line every `refresh_rate` optimizer steps (and at the last one), with the time
+    left, and one after each validation."""
 
     def __init__(self, refresh_rate: int = 10):
         super().__init__()
         self.refresh_rate = refresh_rate
         self._enabled = True
         self._last_step = -1
+        self._started: tuple[float, int] | None = None  # (time, step) when fit started
 
     def disable(self) -> None:
         self._enabled = False
@@ -35,30 +37,96 @@ class LineProgress(ProgressBar):
     def enable(self) -> None:
         self._enabled = True
 
-    def _print(self, text: str) -> None:
+    @property
+    def is_enabled(self) -> bool:
+        return self._enabled
+
+    def print(self, *args, sep: str = " ", **kwargs) -> None:
         if self._enabled:
-            print(text, flush=True)
+            print(*args, sep=sep, flush=True)
 
     @staticmethod
-    def _format(metrics: dict, prefix: str) -> str:
+    def _format(metrics: Mapping, prefix: str) -> str:
         return "  ".join(
             f"{k}={float(v):.4g}"
             for k, v in metrics.items()
             if k.startswith(prefix) and k != "v_num"
         )
 
+    def eta(self, step: int, total: float) -> str:
+        """The time left at `step` of `total`, from the pace since fit started (validations
+        included); '?' before the first step."""
+        if self._started is None or step <= self._started[1] or not math.isfinite(total):
+            return "?"
+        since, first = self._started
+        left = (time.perf_counter() - since) / (step - first) * max(total - step, 0)
+        minutes, seconds = divmod(round(left), 60)
+        return f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}"
+
+    def on_train_start(self, trainer, pl_module):
+        self._started = (time.perf_counter(), trainer.global_step)
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        step = trainer.global_step
-        if step % self.refresh_rate == 0 and step != self._last_step:
-            self._last_step = step
-            total = trainer.estimated_stepping_batches
-            metrics = self._format(self.get_metrics(trainer, pl_module), "train/")
-            self._print(f"epoch {trainer.current_epoch}  step {step}/{total:.0f}  {metrics}")
+        step, total = trainer.global_step, trainer.estimated_stepping_batches
+        if step == self._last_step or (step % self.refresh_rate and step < total):
+            return
+        self._last_step = step
+        metrics = self._format(self.get_metrics(trainer, pl_module), "train/")
+        eta = self.eta(step, total)
+        self.print(f"epoch {trainer.current_epoch}  step {step}/{total:.0f}  {metrics}  eta {eta}")
 
     def on_validation_end(self, trainer, pl_module):
         if not trainer.sanity_checking:
             metrics = self._format(trainer.callback_metrics, "val/")
-            self._print(f"validation  step {trainer.global_step}  {metrics}")
+            self.print(f"validation  step {trainer.global_step}  {metrics}")
+
+
+class LiveProgress(LineProgress):
+    """On a terminal: one bar over the whole fit in optimizer steps, with the time left and
+    the last loss; a line after each validation, printed above the bar."""
+
+    def __init__(self, refresh_rate: int = 10):
+        super().__init__(refresh_rate)
+        self.bar = None
+
+    def print(self, *args, sep: str = " ", **kwargs) -> None:
+        if not self._enabled:
+            return
+        if self.bar is None:
+            super().print(*args, sep=sep)
+        else:
+            self.bar.write(sep.join(map(str, args)))
+
+    def on_train_start(self, trainer, pl_module):
+        from tqdm import tqdm
+
+        super().on_train_start(trainer, pl_module)
+        total = trainer.estimated_stepping_batches
+        self.bar = tqdm(
+            total=total if math.isfinite(total) else None,
+            initial=trainer.global_step,
+            desc="training",
+            unit="step",
+            dynamic_ncols=True,
+            file=sys.stdout,
+            disable=not self._enabled,
+        )
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        step = trainer.global_step
+        if self.bar is None or step == self._last_step:
+            return
+        self._last_step = step
+        loss = self.get_metrics(trainer, pl_module).get("train/loss")
+        if loss is not None:
+            text = f"epoch {trainer.current_epoch}, loss {float(loss):.4g}"
+            self.bar.set_postfix_str(text, refresh=False)  # drawn by the update
+        self.bar.update(step - self.bar.n)
+
+    def on_train_end(self, trainer, pl_module):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 class Throughput(Callback):
@@ -72,6 +140,7 @@ class Throughput(Callback):
       if given, else Lightning's table for the GPU and precision (none for CPUs: no mfu).
 
     Rates are over the training wall-clock time since the last log, validation excluded.
+    total_seconds, total_samples and total_tokens add up the whole fit (the run's summary).
     Under DDP they are global: each process's counts are summed by one all-reduce per log
     (not per step) and divided by this process's window time; mfu divides by the peak of all
     devices (peak x world size).
@@ -86,6 +155,7 @@ class Throughput(Callback):
         self._last_step = -1
         self._since: float | None = None  # when the training clock last started; None: stopped
         self._paused = False  # stopped by a validation inside fit, to restart after it
+        self.total_seconds, self.total_samples, self.total_tokens = 0.0, 0, 0
         self._reset_window()
 
     def _reset_window(self) -> None:
@@ -107,6 +177,8 @@ class Throughput(Callback):
         self._since = self._now(pl_module)
 
     def on_train_end(self, trainer, pl_module):
+        if self._since is not None:  # the steps since the last log count in the totals
+            self._window(trainer, pl_module)
         self._since = None
         self._paused = False
 
@@ -135,7 +207,9 @@ class Throughput(Callback):
         if every and step % every == 0:  # the steps Lightning sends logged values on
             self._log(trainer, pl_module)
 
-    def _log(self, trainer, pl_module) -> None:
+    def _window(self, trainer, pl_module) -> tuple[int, int, int, float]:
+        """(samples, tokens, squared lengths, seconds) since the last log, summed over the
+        processes; adds them to the totals and starts a new window."""
         counts = torch.stack(
             [
                 torch.as_tensor(value, dtype=torch.int64, device=pl_module.device)
@@ -147,6 +221,13 @@ class Throughput(Callback):
         seconds = self._seconds + now - self._since
         self._reset_window()
         self._since = now
+        self.total_seconds += seconds
+        self.total_samples += samples
+        self.total_tokens += tokens
+        return samples, tokens, squared_lengths, seconds
+
+    def _log(self, trainer, pl_module) -> None:
+        samples, tokens, squared_lengths, seconds = self._window(trainer, pl_module)
         if seconds <= 0:
             return
         metrics = {

@@ -285,6 +285,9 @@ class TrainConfig:
     # After training, reload the best checkpoint (objective.monitor) before the final
     # evaluation and the export.
     load_best: bool = False
+    # Show library chatter on the console too (Lightning's tips and model summary, datasets'
+    # progress bars, known harmless warnings); by default it goes to <run dir>/train.log only.
+    verbose: bool = False
 
 
 def register() -> None:

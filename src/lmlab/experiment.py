@@ -11,7 +11,7 @@ exp = build_experiment(compose(["experiment=quickstart"], run_dir="outputs/try")
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -29,6 +29,7 @@ class Experiment:
     model: Any  # the Hugging Face model (what is exported)
     module: Any  # lmlab.module.TaskModule
     datamodule: Any  # lmlab.data.datamodule.DataModule
+    notes: list[str] = field(default_factory=list)  # what building did, for the run's header
 
 
 @dataclass
@@ -113,7 +114,7 @@ def build_experiment(cfg: DictConfig, data: Data | None = None) -> Experiment:
     head, extra = objective.head, objective.model_config()
     model, new = models.load_or_create(cfg.model, head, tokenizer, extra)
     datamodule = DataModule(raw, fingerprint, objective, cfg.data, cfg.paths.cache_dir)
-    start_from_pretrained(cfg.model, model, new, objective, datamodule)
+    notes = start_from_pretrained(cfg.model, model, new, objective, datamodule)
     model = adapters.wrap(model, cfg.objective, head, new)  # objective.peft: head set
     return Experiment(
         config=cfg,
@@ -122,6 +123,7 @@ def build_experiment(cfg: DictConfig, data: Data | None = None) -> Experiment:
         model=model,
         module=TaskModule(model, objective, cfg),
         datamodule=datamodule,
+        notes=notes,
     )
 
 
@@ -175,25 +177,28 @@ def check_monitor(monitor: str, objective, raw) -> None:
     )
 
 
-def start_from_pretrained(model_cfg, model, new: list[str] | None, objective, datamodule):
+def start_from_pretrained(
+    model_cfg, model, new: list[str] | None, objective, datamodule
+) -> list[str]:
     """A pretrained starting point: names the tensors it lacked, lets the objective
     initialise a missing head, and rescales the embeddings of encoders pre-trained by lmlab
-    (model.rescale_embeddings)."""
+    (model.rescale_embeddings). Returns what it did, as lines for the run's header."""
     from lmlab import models
     from lmlab.export import pretrained_from_scratch
 
+    notes = []
     if new is None:  # built from scratch
-        return
+        return notes
     if new:
-        print(f"model: newly initialised (not in {model_cfg.name_or_path}): {', '.join(new)}")
-        note = objective.init_new_head(model, new, datamodule)
-        if note:
-            print(f"model: {note}", flush=True)
+        notes.append(f"new weights (not in the checkpoint): {', '.join(new)}")
+        if note := objective.init_new_head(model, new, datamodule):
+            notes.append(f"model: {note}")
     rescale = model_cfg.rescale_embeddings
     if rescale is None:
         rescale = pretrained_from_scratch(model_cfg.name_or_path)
     if rescale and (factor := models.rescale_embeddings(model)):
-        print(f"model: input embeddings scaled by {factor:.3f}, to a fresh model's size")
+        notes.append(f"model: input embeddings scaled by {factor:.3f}, to a fresh model's size")
+    return notes
 
 
 def instantiate_plain(node: DictConfig):

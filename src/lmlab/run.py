@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import math
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from lmlab.console import header, model_summary_callback, routed, summary
 from lmlab.errors import LmlabError
 from lmlab.experiment import Data, Experiment, build_experiment, instantiate_plain, load_data
 from lmlab.interrupts import catch_signals
@@ -83,6 +85,8 @@ def _training_settings(cfg: DictConfig) -> dict:
         settings["plugins"] = [AtomicCheckpointIO()]
     loggers = [instantiate_plain(c) for c in (cfg.logger or {}).values() if c]
     callbacks = [instantiate_plain(c) for c in (cfg.callbacks or {}).values() if c]
+    if summary := model_summary_callback(cfg.verbose):  # its table: in train.log
+        callbacks.append(summary)
     return settings | {"logger": loggers or False, "callbacks": callbacks}
 
 
@@ -108,14 +112,23 @@ def train(cfg: DictConfig) -> dict:
     if not cfg.paths.run_dir:
         raise LmlabError("paths.run_dir: not set (from Python: compose(..., run_dir=...))")
     check_processes(cfg.trainer)
-    # one writer per run dir; a signal saves a checkpoint at this step and stops (Interrupted)
-    with hold_run_dir(cfg.paths.run_dir), catch_signals(cfg) as signals:
+    started = time.monotonic()
+    # one writer per run dir; a signal saves a checkpoint at this step and stops (Interrupted);
+    # library chatter goes to train.log
+    with (
+        hold_run_dir(cfg.paths.run_dir),
+        catch_signals(cfg) as signals,
+        routed(cfg.verbose, cfg.paths.run_dir),
+    ):
         exp = build_experiment(cfg)
         trainer = make_trainer(exp.config)
         if signals is not None:
             signals.watch(trainer)
         with own_processes(trainer):
-            return fit_and_export(exp, trainer)
+            metrics = fit_and_export(exp, trainer)
+        if trainer.is_global_zero:
+            print(summary(exp, trainer, metrics, time.monotonic() - started), flush=True)
+        return metrics
 
 
 def fit_and_export(exp: Experiment, trainer) -> dict:
@@ -135,9 +148,8 @@ def fit_and_export(exp: Experiment, trainer) -> dict:
     if trainer.is_global_zero:  # the other processes of a DDP run share rank zero's run dir
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
-    if checkpoint:
-        print(f"resuming from {checkpoint}", flush=True)
-    elif cfg.trainer.validate_at_start:  # the starting point of the validation curve
+        print(header(exp, trainer, resuming=checkpoint), flush=True)
+    if not checkpoint and cfg.trainer.validate_at_start:  # the start of the validation curve
         trainer.validate(exp.module, datamodule=exp.datamodule, verbose=False)
     # weights_only: a resumed checkpoint is data, even under TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD
     trainer.fit(exp.module, datamodule=exp.datamodule, ckpt_path=checkpoint, weights_only=True)

@@ -54,16 +54,7 @@ def train_and_report(cfg: DictConfig) -> float | None:
     validate(cfg)  # cheap checks before the heavy imports
     from lmlab.run import train
 
-    metrics = train(cfg)
-    if "export" in metrics:
-        print(f"export: {metrics['export']}")
-    for key, value in metrics.items():  # val/confusion_matrix, test/confusion_matrix
-        if key.endswith("confusion_matrix"):
-            from lmlab.objectives.classification import confusion_table
-
-            print(f"{key}:\n{confusion_table(value)}")
-    if "sample" in metrics:
-        print(f"sample: {metrics['sample']}")
+    metrics = train(cfg)  # prints the header, progress and the summary
     return sweeps.optimized_value(metrics, cfg.optimized_metric)
 
 

@@ -30,10 +30,13 @@ class DataModule(pl.LightningDataModule):
         self.splits: dict = {}
 
     def cache_key(self) -> str:
-        tok = self.objective.tokenizer
+        tokenizer = json.loads(self.objective.tokenizer.backend_tokenizer.to_str())
+        for setting in ("truncation", "padding"):  # changed by every call: not its identity
+            tokenizer.pop(setting, None)
+        tokenizer = json.dumps(tokenizer, sort_keys=True)
         parts = {
             "source": self.source_fingerprint,
-            "tokenizer": hashlib.sha1(tok.backend_tokenizer.to_str().encode()).hexdigest(),
+            "tokenizer": hashlib.sha1(tokenizer.encode()).hexdigest(),
             "objective": self.objective.fingerprint(),
         }
         digest = hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode())
