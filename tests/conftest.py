@@ -132,6 +132,7 @@ def tiny_overrides(tiny_text_file):
             f"data.train={tiny_text_file}",
             "data.max_length=32",
             "data.batch_size=4",
+            "plots=false",  # ~1.5 s a run; tests/test_console.py's run draws them
         ]
 
     return overrides

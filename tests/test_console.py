@@ -114,6 +114,8 @@ def test_summary_names_results_files_and_commands(tiny_run, capsys):
     assert summary["export"].strip() == str(run_dir / "export")
     assert summary["metrics"].strip() == f"{run_dir / 'metrics.json'}, {run_dir / 'metrics.csv'}"
     assert summary["log"].strip() == str(run_dir / "train.log")
+    # the run drew its pictures (plots=true by default) before the summary listed them
+    assert summary["plots"].strip() == "confusion_matrix.png, curves.png"
     assert "val/confusion_matrix:" in lines
     assert summary["evaluate"].strip() == f"lmlab-eval {run_dir}"
     # the printed predict command runs as printed, a text in place of the placeholder

@@ -288,6 +288,9 @@ class TrainConfig:
     # Show library chatter on the console too (Lightning's tips and model summary, datasets'
     # progress bars, known harmless warnings); by default it goes to <run dir>/train.log only.
     verbose: bool = False
+    # Draw <run dir>/curves.png and the task's pictures (confusion matrix, per-entity F1) at
+    # the end (lmlab.report.plots.draw_run; ~2-4 s, mostly importing matplotlib).
+    plots: bool = True
 
 
 def register() -> None:

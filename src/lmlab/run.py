@@ -13,6 +13,7 @@ trained = load("out/try")  # trained.objective, trained.model: for lmlab.predict
 from __future__ import annotations
 
 import math
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -169,7 +170,19 @@ def fit_and_export(exp: Experiment, trainer) -> dict:
         metrics |= exp.objective.finish(model, run_dir)
         write_json(metrics, run_dir / "metrics.json")
     close_loggers(trainer.loggers)  # a wandb run stays open across fit, validate and test
+    if trainer.is_global_zero and cfg.plots:  # from metrics.csv, complete once loggers closed
+        draw_pictures(run_dir)
     return metrics
+
+
+def draw_pictures(run_dir: Path) -> None:
+    """curves.png and the task's pictures; a picture that cannot be drawn never fails a run."""
+    from lmlab.report.plots import draw_run
+
+    try:
+        draw_run(run_dir)
+    except Exception as e:  # noqa: BLE001 - the run's results are already written
+        print(f"lmlab: warning: pictures not drawn: {e}", file=sys.stderr)
 
 
 def finite(metrics: dict) -> dict:
