@@ -83,7 +83,7 @@ def load_data(cfg: DictConfig) -> Data:
     from lmlab.data.sources import load_source
 
     seed_everything(cfg.seed)
-    raw, fingerprint = load_source(cfg.data, cfg.seed)
+    raw, fingerprint = load_source(cfg.data, cfg.seed, cfg.paths.cache_dir)
     return Data(cfg.data, cfg.seed, raw, fingerprint)
 
 

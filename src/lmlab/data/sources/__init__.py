@@ -106,9 +106,11 @@ __all__ = [
 _LOADERS = {"files": load_files, "hub": load_hub, "pydoc": load_pydoc}
 
 
-def load_source(cfg, seed: int):
+def load_source(cfg, seed: int, cache_dir=None):
     """Load and check the splits ``cfg`` (the ``data`` config section: a ``DataConfig`` or a
-    config of its schema; keys it lacks take DataConfig's defaults) describes.
+    config of its schema; keys it lacks take DataConfig's defaults) describes. Text files are
+    streamed into memory-mapped Arrow files cached under ``cache_dir`` (None: a temporary
+    dir; see ``files``).
 
     Returns ``(Splits, fingerprint)``: splits ``train`` and ``validation`` always, ``test``
     when given or found; ``Splits.skipped`` holds the bad rows dropped per split. The
@@ -116,7 +118,7 @@ def load_source(cfg, seed: int):
     """
     cfg = data_config(cfg)
     check_choices(cfg)
-    loaded, identity = _LOADERS[cfg.source](cfg, bool(cfg.skip_bad_rows))
+    loaded, identity = _LOADERS[cfg.source](cfg, bool(cfg.skip_bad_rows), cache_dir)
     columns = mapped_columns(cfg)
     splits, skipped, label_sets = {}, {}, {}
     for name, (ds, where, bad) in loaded.items():  # train first: it fixes the label sets

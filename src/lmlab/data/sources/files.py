@@ -4,14 +4,25 @@ and joined into one Dataset whose rows know their ``file:line``."""
 
 from __future__ import annotations
 
+import atexit
+import functools
 import glob
+import hashlib
+import itertools
+import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from lmlab.data.sources import readers, squad
-from lmlab.data.sources.checks import Bad, Where
+from lmlab.data.sources.checks import Bad, BadRows, Where
 from lmlab.data.sources.settings import SPLITS, STRING_COLUMNS, mapped_columns
 from lmlab.errors import LmlabError
+from lmlab.fileutil import write_dir, write_json
+
+# In the key of a text file's cached documents: another version converts the files again.
+TEXT_CACHE_VERSION = 1
 
 # Any other extension (or none) is read as text.
 _FORMAT_BY_EXT = {
@@ -23,8 +34,9 @@ _FORMAT_BY_EXT = {
 }
 
 
-def load_files(cfg, skip):
-    """The splits given -> ({split: (Dataset, Where, Bad)}, the files' identity)."""
+def load_files(cfg, skip, cache_dir=None):
+    """The splits given -> ({split: (Dataset, Where, Bad)}, the files' identity). Text files
+    are streamed into Arrow files under `cache_dir` (None: a temporary dir)."""
     if cfg.train is None:
         raise LmlabError("data.train: required when data.source is 'files'")
     _check_encoding(cfg.encoding)
@@ -37,10 +49,13 @@ def load_files(cfg, skip):
         key = f"data.{name}"
         paths = _resolve(key, spec)
         bad = Bad(skip)
-        ds, where = _read_split(key, spec, paths, cfg, bad)
+        if _file_format(key, paths, cfg.format) == "text":
+            ds, where, identity[name] = _read_text(key, spec, paths, cfg, bad, cache_dir)
+        else:
+            ds, where = _read_split(key, spec, paths, cfg, bad)
+            # Size + mtime_ns is cheap and changes whenever the content does in practice.
+            identity[name] = [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in paths]
         splits[name] = (ds, where, bad)
-        # Size + mtime_ns is cheap and changes whenever the content does in practice.
-        identity[name] = [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in paths]
     return splits, identity
 
 
@@ -100,18 +115,7 @@ def _read_split(key, spec, paths, cfg, bad):
     from datasets import Dataset
 
     fmt = _file_format(key, paths, cfg.format)
-    enc = cfg.encoding
     where = Where()
-    if fmt == "text":
-        docs = []
-        for p in paths:
-            lines = readers.decode_lines(p, bad, enc)
-            text = "\n".join(line for line in lines if line is not None)
-            docs += readers.split_documents(text, cfg.documents)
-        if not docs:
-            raise LmlabError(f"{key}: no non-empty documents in {spec!r}")
-        where.add(len(docs), lambda i: f"{spec}: document {i}")
-        return Dataset.from_dict({"text": docs}), where
     parts = []
     for p in paths:
         columns, n, describe = _read_file(p, fmt, cfg, bad)
@@ -121,6 +125,64 @@ def _read_split(key, spec, paths, cfg, bad):
     if fmt == "squad":
         return Dataset.from_dict(columns, features=squad.features()), where
     return _to_dataset(columns, where, bad)
+
+
+def _read_text(key, spec, paths, cfg, bad, cache_dir):
+    """The documents of text files -> (Dataset, where, identity), streamed into an Arrow file
+    that the Dataset memory-maps: memory stays bounded whatever the corpus size. The file is
+    cached by the files' path, size and mtime_ns (a later run reads none of the text); the
+    identity holds each file's sha1, hashed while converting, so that a file touched or
+    copied anew, with the same content, keeps the tokenizer and the tokenized data cached."""
+    from datasets import Dataset
+
+    files = [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in paths]
+    settings = [TEXT_CACHE_VERSION, files, cfg.documents, cfg.encoding, bad.skip]
+    name = hashlib.sha1(json.dumps(settings).encode()).hexdigest()[:16]
+    folder = Path(cache_dir or _scratch()).expanduser() / "sources" / name
+    if not (folder / "info.json").is_file():
+        write_dir(folder, lambda tmp: _write_documents(tmp, paths, cfg, bad))
+    info = json.loads((folder / "info.json").read_text(encoding="utf-8"))
+    if bad.skip:
+        bad.rows = BadRows(**info["skipped"])  # a cache hit reports them again
+    if not info["rows"]:
+        raise LmlabError(f"{key}: no non-empty documents in {spec!r}")
+    where = Where()
+    where.add(info["rows"], lambda i: f"{spec}: document {i}")
+    ds = Dataset.from_file(str(folder / "documents.arrow"))
+    identity = [[str(p), size, digest] for (p, size, _), digest in zip(files, info["sha1"])]
+    return ds, where, identity
+
+
+def _write_documents(folder, paths, cfg, bad, batch=10_000):
+    """Streams the documents of `paths` into folder/documents.arrow, `batch` at a time, and
+    writes info.json: the number of rows, the files' sha1 and the bad rows skipped."""
+    from datasets import Features, Value
+    from datasets.arrow_writer import ArrowWriter
+
+    features = Features({"text": Value("string")})
+    writer = ArrowWriter(features=features, path=str(folder / "documents.arrow"))
+    digests = []
+    try:
+        for path in paths:
+            digest = hashlib.sha1()
+            pieces = readers.text_pieces(path, bad, cfg.encoding, digest)
+            docs = readers.split_documents(pieces, cfg.documents)
+            while chunk := list(itertools.islice(docs, batch)):
+                writer.write_batch({"text": chunk})
+            digests.append(digest.hexdigest())
+        rows, _ = writer.finalize()
+    finally:
+        writer.close()
+    skipped = {"counts": bad.rows.counts, "first": bad.rows.first}
+    write_json({"rows": rows, "sha1": digests, "skipped": skipped}, folder / "info.json")
+
+
+@functools.cache
+def _scratch() -> str:
+    """A dir for the Arrow files of a process that names no cache dir, removed at exit."""
+    path = tempfile.mkdtemp(prefix="lmlab-sources-")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 def _read_file(path, fmt, cfg, bad):

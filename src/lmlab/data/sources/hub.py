@@ -13,7 +13,7 @@ from lmlab.data.sources.settings import mapped_columns
 from lmlab.errors import LmlabError
 
 
-def load_hub(cfg, skip):
+def load_hub(cfg, skip, cache_dir=None):  # the hub caches its own files
     """The splits named or found -> ({split: (Dataset, Where, Bad)}, their identity); an
     unnamed validation or test split whose labels are all -1 (GLUE's test sets) is left out."""
     if not cfg.hub_name:
@@ -65,7 +65,7 @@ def _unlabelled(ds, column):
     return values.null_count == 0 and set(values.unique().to_pylist()) == {-1}
 
 
-def load_pydoc(cfg, skip):
+def load_pydoc(cfg, skip, cache_dir=None):
     """The ~79 help topics of ``pydoc_data.topics``, one document each, as the train split."""
     from pydoc_data.topics import topics
 

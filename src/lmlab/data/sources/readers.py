@@ -16,21 +16,30 @@ _INT = re.compile(r"[-+]?\d+")
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
+CHUNK = 1 << 24  # bytes a text file is read in: the memory a large corpus needs
+
+
 def decode_lines(path, bad, encoding) -> list[str | None]:
     """The lines of a file in ``encoding`` (without their newline; a leading BOM dropped); an
     undecodable line is a bad row, and None in the list when skipped. Lines are found at
     b"\\n", as in any ASCII-compatible encoding (not UTF-16/32 when skipping bad rows)."""
-    data = path.read_bytes()
+    return _decode(path, path.read_bytes(), bad, encoding)
+
+
+def _decode(path, data, bad, encoding, lines_before=0, bytes_before=0) -> list[str | None]:
+    """decode_lines of `data`, a part of the file after `lines_before` lines and
+    `bytes_before` bytes (which number the lines and bytes of the errors)."""
+    bom = "\ufeff" if bytes_before == 0 else ""
     try:
-        return data.decode(encoding).removeprefix("\ufeff").split("\n")
+        return data.decode(encoding).removeprefix(bom).split("\n")
     except UnicodeDecodeError as e:
         if not bad.skip:
-            raise _decode_error(path, data, e, encoding) from None
-    lines, offset = [], 0
-    for n, raw in enumerate(data.split(b"\n"), 1):
+            raise _decode_error(path, data, e, encoding, lines_before, bytes_before) from None
+    lines, offset = [], bytes_before
+    for n, raw in enumerate(data.split(b"\n"), lines_before + 1):
         try:
             line = raw.decode(encoding)
-            lines.append(line.removeprefix("\ufeff") if n == 1 else line)
+            lines.append(line.removeprefix(bom) if n == 1 else line)
         except UnicodeDecodeError as e:
             reason = f"not valid {_codec_name(encoding)}"
             bad.add(f"{path}:{n}", reason, f"{reason} ({e.reason} at byte {offset + e.start})")
@@ -39,21 +48,58 @@ def decode_lines(path, bad, encoding) -> list[str | None]:
     return lines
 
 
-def split_documents(text, mode):
-    """A text file's documents per data.documents: blank_line, line or file."""
+def text_pieces(path, bad, encoding, digest):
+    """A text file as decode_lines reads it, in pieces of about CHUNK bytes that end at a
+    line end (the undecodable lines left out), its bytes hashed into `digest` on the way:
+    memory bounded by a piece, whatever the file's size."""
+    if "\n".encode(encoding) != b"\n":  # UTF-16/32: b"\n" is no line end; read it whole
+        data = path.read_bytes()
+        digest.update(data)
+        yield _join(_decode(path, data, bad, encoding))
+        return
+    with open(path, "rb") as f:
+        tail, lines_before, bytes_before = b"", 0, 0
+        while block := f.read(CHUNK):
+            digest.update(block)
+            data = tail + block
+            cut = data.rfind(b"\n") + 1
+            if not cut:
+                tail = data
+                continue
+            data, tail = data[:cut], data[cut:]
+            lines = _decode(path, data, bad, encoding, lines_before, bytes_before)
+            lines.pop()  # the empty part after the piece's last newline
+            kept = [line for line in lines if line is not None]
+            if kept:
+                yield "\n".join(kept) + "\n"
+            lines_before, bytes_before = lines_before + len(lines), bytes_before + cut
+        yield _join(_decode(path, tail, bad, encoding, lines_before, bytes_before))
+
+
+def _join(lines):
+    return "\n".join(line for line in lines if line is not None)
+
+
+def split_documents(pieces, mode):
+    """A text file's documents per data.documents (blank_line, line or file), from its text
+    given in pieces that end at line ends (text_pieces), one document at a time."""
     if mode == "file":
-        return [text.strip()] if text.strip() else []
-    lines = text.splitlines()
-    if mode == "line":
-        return [line.strip() for line in lines if line.strip()]
-    docs, current = [], []
-    for line in lines + [""]:  # the sentinel blank line flushes the last document
-        if line.strip():
-            current.append(line)
-        elif current:
-            docs.append("\n".join(current).strip())
-            current = []
-    return docs
+        text = "".join(pieces).strip()
+        yield from [text] if text else []
+        return
+    current = []
+    for piece in pieces:
+        for line in piece.splitlines():
+            if mode == "line":
+                if line.strip():
+                    yield line.strip()
+            elif line.strip():
+                current.append(line)
+            elif current:
+                yield "\n".join(current).strip()
+                current = []
+    if current:
+        yield "\n".join(current).strip()
 
 
 def read_csv(path, tsv, delimiter, keep_str, bad, encoding):
@@ -156,10 +202,10 @@ def _codec_name(encoding):
     return "UTF-8" if name == "utf-8" else name
 
 
-def _decode_error(path, data, e, encoding):
-    line = data.count(b"\n", 0, e.start) + 1
+def _decode_error(path, data, e, encoding, lines_before=0, bytes_before=0):
+    line = lines_before + data.count(b"\n", 0, e.start) + 1
     reason = f"not valid {_codec_name(encoding)}"
-    return LmlabError(f"{path}:{line}: {reason} ({e.reason} at byte {e.start})")
+    return LmlabError(f"{path}:{line}: {reason} ({e.reason} at byte {bytes_before + e.start})")
 
 
 def read_records(path, document, bad):
