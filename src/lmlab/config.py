@@ -43,6 +43,7 @@ class TokenizerConfig:
     vocab_size: int = 8000  # when trained on the corpus
     min_frequency: int = 2
     lowercase: bool = True  # WordPiece only; byte-level BPE never lower-cases
+    sample_mb: float | None = 10  # trained on a seeded sample of ~this many MB (None: all)
 
 
 @dataclass

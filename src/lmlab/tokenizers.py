@@ -3,6 +3,8 @@
 of corpus + settings so that a second run does not train it again.
 
 load_or_train(model_cfg, texts, fingerprint, cache_dir): the tokenizer a run uses;
+sample(dataset, sample_mb, seed): the documents a tokenizer is trained on (a large corpus:
+a seeded sample, so that training takes bounded time and memory);
 train_tokenizer(texts, kind, vocab_size): trains one (deterministic merges, `_learn_merges`);
 with_pad_token(tokenizer): the one pad-token fallback (GPT-style tokenizers pad with
 end-of-text), for tokenizers loaded from anywhere."""
@@ -37,6 +39,26 @@ GPT_SPECIALS = {
 }
 
 
+def sample(dataset, sample_mb: float | None, seed: int):
+    """`dataset`, or, when its Arrow data exceed `sample_mb` MB (None: never), a seeded random
+    sample of its rows of about that size (each row kept with probability sample_mb / size,
+    in their order). Counting a corpus's words runs at ~1 MB/s and its distinct words fill
+    memory, so training on a sample bounds both; a corpus below the size is used whole."""
+    import numpy as np
+
+    from lmlab.data.sources.splits import data_mb
+
+    if sample_mb is None:
+        return dataset
+    if sample_mb <= 0:
+        raise LmlabError(f"model.tokenizer.sample_mb: must be positive or null, got {sample_mb!r}")
+    size = data_mb(dataset)
+    if size <= sample_mb:
+        return dataset
+    draws = np.random.default_rng([seed, 1]).random(len(dataset))  # the seed's own stream
+    return dataset.select(np.flatnonzero(draws < sample_mb / size))
+
+
 def load_or_train(model_cfg, texts: Iterable[str], corpus_fingerprint: str, cache_dir: str | Path):
     """The tokenizer for `model_cfg`: the pretrained one, or one trained on `texts` (cached).
     `texts` is read only when one has to be trained."""
@@ -53,6 +75,7 @@ def load_or_train(model_cfg, texts: Iterable[str], corpus_fingerprint: str, cach
             "lowercase": model_cfg.tokenizer.lowercase,
         }
         keyed = {**settings, "corpus": corpus_fingerprint, "trainer": TRAINER_VERSION}
+        keyed["sample_mb"] = getattr(model_cfg.tokenizer, "sample_mb", None)  # with the seed
         key = hashlib.sha1(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
         path = Path(cache_dir).expanduser() / "tokenizers" / key
         if not (path / "tokenizer.json").is_file():

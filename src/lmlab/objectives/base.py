@@ -156,22 +156,36 @@ def unique(records: list[dict]) -> list[dict]:
     return list(seen.values())
 
 
+# Packing a corpus above PARALLEL_MB runs in PACK_PROCESSES processes, each on a contiguous
+# shard (a fixed number, not the machine's cores, so that the blocks are the same anywhere).
+PARALLEL_MB, PACK_PROCESSES = 32, 2
+
+
 def pack(dataset, tokenizer, block_size: int, separator_id: int, wrap=lambda ids: ids):
     """Tokenizes documents and packs them, a separator after each, into full blocks of
-    `block_size` tokens (no padding); `wrap` adds per-block specials such as [CLS] ... [SEP]."""
+    `block_size` tokens (no padding); `wrap` adds per-block specials such as [CLS] ... [SEP].
+    Batches of 2000 documents are packed apart (the tail of each is dropped); the blocks are
+    written to disk as they come (memory does not grow with the corpus), as int32."""
+    from datasets import Features, List, Value
+
+    from lmlab.data.sources.splits import data_mb
+
     if block_size < 2:
         raise LmlabError(f"data.max_length: {block_size} leaves no room for text")
 
     def pack_batch(batch):
-        stream: list[int] = []
-        for ids in tokenizer(batch["text"], add_special_tokens=False)["input_ids"]:
-            if ids:
-                stream += ids + [separator_id]
+        encoded = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
+        stream = [i for ids in encoded if ids for i in (*ids, separator_id)]
         n = len(stream) // block_size * block_size  # the tail of each batch is dropped
         return {"input_ids": [wrap(stream[i : i + block_size]) for i in range(0, n, block_size)]}
 
     packed = dataset.map(
-        pack_batch, batched=True, batch_size=2000, remove_columns=dataset.column_names
+        pack_batch,
+        batched=True,
+        batch_size=2000,
+        remove_columns=dataset.column_names,
+        features=Features({"input_ids": List(Value("int32"))}),
+        num_proc=PACK_PROCESSES if data_mb(dataset) > PARALLEL_MB else None,
     )
     if len(packed) == 0:
         raise LmlabError(

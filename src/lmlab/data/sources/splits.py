@@ -111,6 +111,12 @@ def fingerprint(cfg, seed, identity) -> str:
     return hashlib.sha1(blob.encode()).hexdigest()
 
 
+def data_mb(ds) -> float:
+    """The megabytes of ds's Arrow data (of its rows, when rows are selected): without
+    reading them."""
+    return ds.data.nbytes * len(ds) / max(len(ds.data), 1) / 1e6
+
+
 def derive(ds, *steps) -> str:
     """A fingerprint for a step on ds; hashing the data again (datasets' default) is slow."""
     return hashlib.sha1(json.dumps([ds._fingerprint, *steps]).encode()).hexdigest()[:16]

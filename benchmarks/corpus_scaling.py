@@ -1,0 +1,117 @@
+"""Pre-processing cost vs corpus size: `experiment=pretrain_gpt` on plain-text corpora of the
+given sizes (MB), each built in a temporary dir from the shared tiny Shakespeare and WikiText-2
+text, its paragraphs shuffled per chapter and its lines varied so that the tokenizer has real
+work. For each size, in a fresh cache:
+
+- first run: `lmlab-train experiment=pretrain_gpt data=<file> trainer.max_steps=2` (reading,
+  fingerprinting, tokenizer training, tokenization, 2 steps): wall and peak RSS;
+- cache hit: the same command with trainer.max_steps=1: the whole process's wall (an upper
+  bound of the time to the first training step) and peak RSS.
+
+Both runs skip the validation at the start and evaluate 2 batches (trainer.limit_val_batches=2:
+5% of a 2 GB corpus would take hours to evaluate); plots=false. Peak RSS: getrusage of the
+children, i.e. the largest single process (the lmlab-train process or one of its packing
+workers). MB/s: corpus MB / first-run wall.
+
+    python benchmarks/corpus_scaling.py 6 200 2000 [--dir /tmp/corpora]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+DATA = Path(os.environ.get("LMLAB_DATA_DIR", Path(__file__).resolve().parents[2] / "shared/data"))
+SOURCES = ("tinyshakespeare/input.txt", "wikitext2/valid.txt", "wikitext2/test.txt")
+
+
+def paragraphs() -> list[str]:
+    text = "\n\n".join((DATA / name).read_text(encoding="utf-8") for name in SOURCES)
+    return [p.strip() for p in text.split("\n\n") if p.strip()]
+
+
+def build_corpus(path: Path, megabytes: float, seed: int = 0) -> None:
+    """Chapters of shuffled paragraphs until `megabytes`; each chapter rotates the words of
+    some lines and numbers its heading, so that chapters differ."""
+    rng = random.Random(seed)
+    paras, target, written, chapter = paragraphs(), megabytes * 1e6, 0, 0
+    with open(path, "w", encoding="utf-8") as f:
+        while written < target:
+            chapter += 1
+            rng.shuffle(paras)
+            shift = chapter % 7 + 1
+            body = "\n\n".join(
+                "\n".join(
+                    " ".join(w[shift:] + w[:shift]) if (w := line.split()) and k % 3 == 0 else line
+                    for k, line in enumerate(p.splitlines())
+                )
+                for p in paras[: len(paras) // 2]
+            )
+            chunk = f"CHAPTER {chapter}\n\n{body}\n\n"
+            chunk = chunk[: int(target - written) + 1] if written + len(chunk) > target else chunk
+            written += len(chunk.encode("utf-8"))
+            f.write(chunk)
+
+
+def run(args: list[str], env: dict) -> tuple[float, float]:
+    """(wall s, peak RSS MiB of its largest process) of one lmlab-train command."""
+    start = time.perf_counter()
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)  # the child's own rusage (its workers too)
+        wall = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode:
+            log.seek(0)
+            sys.exit(f"failed ({proc.returncode}): {' '.join(args)}\n{log.read()[-5000:]}")
+    return wall, usage.ru_maxrss / 1024  # KiB -> MiB
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("sizes", nargs="*", type=float, default=[6, 200, 2000])
+    parser.add_argument("--dir", default=None, help="where corpora and caches go (temporary)")
+    opts = parser.parse_args()
+    base = Path(tempfile.mkdtemp(prefix="corpus-scaling-", dir=opts.dir))
+    exe = shutil.which("lmlab-train") or str(Path(sys.executable).parent / "lmlab-train")
+    rows = []
+    try:
+        for megabytes in sorted(opts.sizes):
+            corpus = base / f"corpus_{megabytes:g}MB.txt"
+            build_corpus(corpus, megabytes)
+            env = dict(os.environ, OMP_NUM_THREADS="1", LMLAB_CACHE_DIR=str(base / "cache"))
+            env["LMLAB_OUTPUT_DIR"] = str(base / "outputs")
+            common = [exe, "experiment=pretrain_gpt", f"data={corpus}", "plots=false"]
+            common += ["trainer.validate_at_start=false", "trainer.limit_val_batches=2"]
+            first = run([*common, "trainer.max_steps=2"], env)
+            hit = run([*common, "trainer.max_steps=1"], env)
+            rows.append((corpus.stat().st_size / 1e6, first, hit))
+            corpus.unlink()
+            shutil.rmtree(base / "cache", ignore_errors=True)
+            print_table(rows)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def print_table(rows) -> None:
+    load = os.getloadavg()
+    print(f"\n(load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, {os.cpu_count()} cores)")
+    print("| corpus | first run wall | MB/s | peak RSS | cache hit wall | cache hit peak RSS |")
+    print("|---|---|---|---|---|---|")
+    for mb, (wall, rss), (hit_wall, hit_rss) in rows:
+        print(
+            f"| {mb:,.0f} MB | {wall:.1f} s | {mb / wall:.1f} | {rss:,.0f} MiB "
+            f"| {hit_wall:.1f} s | {hit_rss:,.0f} MiB |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
