@@ -12,6 +12,7 @@ they wrote (docs/README commands with `<hash>` point at those runs).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -73,8 +74,13 @@ def doc_commands() -> list[Command]:
     return found
 
 
-HASH = "0a1b2c3d"  # a run dir's name: `<hash>` in the docs
-PLACEHOLDERS = {"<hash>": HASH, "<name>": "train", "<sweep dir>": f"outputs/multirun/train/{HASH}"}
+HASH, HASH2 = "0a1b2c3d", "4e5f6a7b"  # run dirs' names: `<hash>`, `<hash2>` in the docs
+PLACEHOLDERS = {
+    "<hash>": HASH,
+    "<hash2>": HASH2,
+    "<name>": "train",
+    "<sweep dir>": f"outputs/multirun/train/{HASH}",
+}
 
 
 def argv_of(command: str) -> list[str]:
@@ -106,10 +112,11 @@ def stages(argv: list[str]) -> list[list[str]]:
 # ---------------------------------------------------------------- the files the docs name
 
 CORPUS = tiny_corpus_text(paragraphs=800)  # enough for a few blocks of 128 tokens to validate
-REVIEWS = "review,sentiment\n" + "".join(
-    f"{text} {i},{label}\n"
+# README's own CSV: ';'-separated, Latin-1
+REVIEWS = "review;sentiment\n" + "".join(
+    f"{text} {i};{label}\n"
     for i in range(12)
-    for text, label in [("a gripping film", "positive"), ("dull", "negative"), ("fine", "neutral")]
+    for text, label in [("a gripping café", "positive"), ("dull", "negative"), ("fine", "neutral")]
 )
 
 
@@ -122,17 +129,16 @@ def docs_dir(tmp_path_factory, lmlab_cache_dir) -> Path:
         "notes.txt": CORPUS,
         "path/to/corpus.txt": CORPUS,
         "path/to/valid.txt": CORPUS,
-        "corpus/a.txt": CORPUS,
-        "corpus/b.txt": CORPUS,
-        "notes.jsonl": "".join(f'{{"body": "note {i} on a topic"}}\n' for i in range(40)),
-        "reviews.csv": REVIEWS,
-        "reviews_dev.csv": REVIEWS,
-        "mine.tsv": "sentence\tlabel\n" + "a gripping film\t1\ndull\t0\n" * 8,
+        **{f"corpus/{n}.txt": tiny_corpus_text(20, seed=n) for n in range(8)},
+        "notes.jsonl": "".join(json.dumps({"body": p}) + "\n" for p in CORPUS.split("\n\n")),
+        "mine.tsv": "text\tlabel\n" + "a gripping film\tpositive\ndull\tnegative\n" * 8,
         "questions.jsonl": '{"question": "Who?", "context": "Ann wrote it."}\n',
     }
     for name, text in files.items():
         (home / name).parent.mkdir(parents=True, exist_ok=True)
         (home / name).write_text(text)
+    for name in ("reviews.csv", "reviews_dev.csv"):
+        (home / name).write_text(REVIEWS, encoding="latin-1")
     from transformers import BertConfig  # the export of an earlier pre-training run
 
     BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2).save_pretrained(
@@ -253,7 +259,7 @@ def test_every_documented_training_command_trains(command, docs_dir, lmlab_cache
     for name in re.findall(rf"outputs/(\w+)/{HASH}", " ".join(command.argv)):
         if not (docs_dir / "outputs" / name / HASH / "export" / "model.safetensors").is_file():
             shutil.rmtree(docs_dir / "outputs" / name / HASH, ignore_errors=True)  # config only
-            finished(docs_dir, lmlab_cache_dir, [f"experiment={name}"], "run")
+            finished(docs_dir, lmlab_cache_dir, [f"experiment={name}"], f"outputs/{name}/{HASH}")
     run = lmlab(short(command.argv), docs_dir, **run_env(docs_dir, lmlab_cache_dir))
     assert run.returncode == 0, f"{shlex.join(short(command.argv))}\n{run.stderr[-3000:]}"
 
@@ -266,33 +272,36 @@ def run_env(docs_dir: Path, cache_dir: Path) -> dict:
     }
 
 
-def finished(docs_dir: Path, cache_dir: Path, train: list[str], kind: str) -> Path:
-    """outputs/<name>/<HASH> (and outputs/multirun/<name>/<HASH>) made to stand for a run
-    (sweep) of `train`, as the docs' `<hash>` does."""
+def finished(docs_dir: Path, cache_dir: Path, train: list[str], *links: str) -> Path:
+    """Trains `train` (a run, or a sweep with -m) and makes each of `links` (paths under
+    docs_dir such as outputs/finetune_sentiment/<HASH>) stand for it, as the docs' `<hash>`
+    does; returns its run (sweep) dir."""
     run = lmlab(["lmlab-train", *train, "debug=default"], docs_dir, **run_env(docs_dir, cache_dir))
     assert run.returncode == 0, run.stderr[-3000:]
     name = next(a.split("=")[1] for a in train if a.startswith("experiment="))
-    parent = docs_dir / "outputs" / ("multirun" if kind == "sweep" else "") / name
-    made = max((p for p in parent.iterdir() if p.name != HASH), key=lambda p: p.stat().st_mtime)
-    link = parent / HASH
-    link.unlink(missing_ok=True)
-    link.symlink_to(made)
-    return link
+    parent = docs_dir / "outputs" / ("multirun" if "-m" in train else "") / name
+    made = max((p for p in parent.iterdir() if not p.is_symlink()), key=lambda p: p.stat().st_mtime)
+    for link in links:
+        (docs_dir / link).parent.mkdir(parents=True, exist_ok=True)
+        (docs_dir / link).unlink(missing_ok=True)
+        (docs_dir / link).symlink_to(made)
+    return made
 
 
 @pytest.mark.slow
 @needs_data
 def test_every_documented_eval_predict_and_report_command_runs(docs_dir, lmlab_cache_dir):
-    for experiment in ("finetune_sentiment", "finetune_ner", "finetune_qa_extractive"):
-        finished(docs_dir, lmlab_cache_dir, [f"experiment={experiment}"], "run")
+    sentiment = [f"outputs/finetune_sentiment/{HASH}", f"outputs/train/{HASH}"]
+    finished(docs_dir, lmlab_cache_dir, ["experiment=finetune_sentiment"], *sentiment)
+    again = [f"outputs/finetune_sentiment/{HASH2}", f"outputs/train/{HASH2}"]
+    finished(docs_dir, lmlab_cache_dir, ["experiment=finetune_sentiment", "seed=2"], *again)
+    for experiment in ("finetune_ner", "finetune_qa_extractive"):
+        finished(
+            docs_dir, lmlab_cache_dir, [f"experiment={experiment}"], f"outputs/{experiment}/{HASH}"
+        )
     sweep = ["-m", "experiment=finetune_sentiment", "objective.lr=1e-4,3e-4"]
-    finished(docs_dir, lmlab_cache_dir, sweep, "sweep")
-    (docs_dir / "outputs" / "multirun" / "train").mkdir(parents=True, exist_ok=True)
-    sweep_link = docs_dir / "outputs" / "multirun" / "train" / HASH
-    sweep_link.unlink(missing_ok=True)
-    sweep_link.symlink_to(
-        (docs_dir / "outputs" / "multirun" / "finetune_sentiment" / HASH).resolve()
-    )
+    links = [f"outputs/multirun/finetune_sentiment/{HASH}", f"outputs/multirun/train/{HASH}"]
+    finished(docs_dir, lmlab_cache_dir, sweep, *links)
     failures = []
     for where, argv, error in COMMANDS:
         if argv[0] in ("lmlab-eval", "lmlab-predict", "lmlab-report") and error is None:
