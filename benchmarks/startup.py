@@ -13,13 +13,15 @@ other one back to back, the order flipping every round, so that load affects bot
   (target 6 s); a callback added on the command line (`FirstStep`, below) writes the time.
 * `whole run`: the same process until it exits (final validation, export, pictures).
 
-Prints the median of each case and `uptime`'s load (the machine is shared).
+Prints the median wall and CPU seconds of each case (the CPU time of the process, which is
+what the wall time is on an idle machine: one thread) and the load average (a shared machine).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -36,8 +38,8 @@ TARGETS = {"--cfg job": 0.5, "misspelt key": 1.0, "first step": 6.0, "whole run"
 
 def __getattr__(name: str):
     """`startup.FirstStep`, looked up by Hydra in the lmlab-train process: a Lightning callback
-    writing the wall-clock time at the start of the first training step to `path` (made on
-    demand, so that this script itself imports no Lightning)."""
+    writing the wall-clock and CPU time at the start of the first training step to `path`
+    (made on demand, so that this script itself imports no Lightning)."""
     if name != "FirstStep":
         raise AttributeError(name)
     from pytorch_lightning import Callback
@@ -48,33 +50,37 @@ def __getattr__(name: str):
 
         def on_train_batch_start(self, *args) -> None:
             if not self.path.exists():
-                self.path.write_text(repr(time.time()))
+                self.path.write_text(f"{time.time()!r} {time.process_time()!r}")
 
     return FirstStep
 
 
-def run(args: list[str], src: Path, tmp: Path, expect: int) -> tuple[float, float]:
-    """lmlab-train with `src`'s lmlab: (seconds until it exits, its start time)."""
+def run(args: list[str], src: Path, tmp: Path, expect: int) -> tuple[float, float, float]:
+    """lmlab-train with `src`'s lmlab: (wall seconds, CPU seconds, start time)."""
     env = dict(os.environ, PYTHONPATH=f"{src}{os.pathsep}{HERE}", OMP_NUM_THREADS="1")
     env.update(LMLAB_OUTPUT_DIR=str(tmp / "outputs"), LMLAB_CACHE_DIR=str(tmp / "cache"))
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.time()
     proc = subprocess.run([str(SCRIPT), *args], env=env, capture_output=True, text=True)
-    elapsed = time.time() - start
+    wall = time.time() - start
+    now = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != expect:
         sys.exit(f"{' '.join(args)}: exit {proc.returncode}, expected {expect}\n{proc.stderr}")
-    return elapsed, start
+    return wall, now.ru_utime + now.ru_stime - used.ru_utime - used.ru_stime, start
 
 
-def measure(src: Path, tmp: Path) -> dict[str, float]:
+def measure(src: Path, tmp: Path) -> dict[str, tuple[float, float]]:
+    """{case: (wall s, CPU s)} for one run of each case with `src`'s lmlab."""
     out = {}
-    out["--cfg job"], _ = run(["--cfg", "job"], src, tmp, 0)
-    out["misspelt key"], _ = run(["objective.lrr=1"], src, tmp, 2)
+    out["--cfg job"] = run(["--cfg", "job"], src, tmp, 0)[:2]
+    out["misspelt key"] = run(["objective.lrr=1"], src, tmp, 2)[:2]
     marker = tmp / "first_step"
     marker.unlink(missing_ok=True)
     callback = [f"+callbacks.first_step._target_={Path(__file__).stem}.FirstStep"]
     callback += [f"+callbacks.first_step.path={marker}"]
-    out["whole run"], start = run([*QUICKSTART, *callback], src, tmp, 0)
-    out["first step"] = float(marker.read_text()) - start
+    *out["whole run"], start = run([*QUICKSTART, *callback], src, tmp, 0)
+    at, cpu = map(float, marker.read_text().split())
+    out["first step"] = (at - start, cpu)
     return out
 
 
@@ -93,15 +99,16 @@ def main() -> None:
             for side in list(sides)[:: 1 if i % 2 == 0 else -1]:
                 for case, seconds in measure(sides[side], tmp).items():
                     times[side][case].append(seconds)
-    load = os.getloadavg()
-    print(f"{args.runs} rounds, median s; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-    header = "| what | " + " | ".join(f"{side} (median s)" for side in sides) + " | target |"
-    print(header)
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"{args.runs} rounds; median seconds, wall / CPU; load average {load}")
+    print("| what | " + " | ".join(f"{side}: wall / CPU" for side in sides) + " | target |")
     print("|---" * (len(sides) + 2) + "|")
     for case, target in TARGETS.items():
-        cells = [f"{statistics.median(times[side][case]):.2f}" for side in sides]
-        aim = f"≤ {target}" if target else "–"
-        print(f"| {case} | " + " | ".join(cells) + f" | {aim} |")
+        cells = []
+        for side in sides:
+            wall, cpu = (statistics.median(x) for x in zip(*times[side][case], strict=True))
+            cells.append(f"{wall:.2f} / {cpu:.2f}")
+        print(f"| {case} | " + " | ".join(cells) + f" | {f'≤ {target}' if target else '–'} |")
     for side in sides:
         print(f"{side}: {sides[side]}")
 
