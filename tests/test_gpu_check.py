@@ -83,3 +83,21 @@ def test_logged_mfu_is_the_hand_computed_one(
         tokens_per_sec = float(row["perf/tokens_per_sec"])
         by_hand = (6 * n + 12 * layers * d * 32) * tokens_per_sec / peak
         assert float(row["perf/mfu"]) == pytest.approx(by_hand, rel=1e-6)
+
+
+def test_trainer_compile_compiles_the_model_in_place(
+    tmp_path, monkeypatch, lmlab_cache_dir, tiny_overrides
+):
+    """trainer.compile=true: torch.compile'd in place, so the weights keep their names (the
+    checkpoints and the export read the same keys); off by default."""
+    from lmlab.experiment import build_experiment
+
+    monkeypatch.setenv("LMLAB_CACHE_DIR", str(lmlab_cache_dir))
+    overrides = ["experiment=quickstart", *tiny_overrides("gpt2")]
+    plain = build_experiment(compose(overrides, run_dir=str(tmp_path / "a"))).model
+    compiled = build_experiment(
+        compose([*overrides, "trainer.compile=true"], run_dir=str(tmp_path / "b"))
+    ).model
+    assert plain._compiled_call_impl is None
+    assert compiled._compiled_call_impl is not None
+    assert list(compiled.state_dict()) == list(plain.state_dict())
