@@ -1,7 +1,8 @@
 """Start-up time of lmlab-train (issue 13, item 3), as a user sees it: whole processes.
 
   python benchmarks/startup.py                        # 5 rounds, about 3 min on 2 cores
-  python benchmarks/startup.py --compare /work/main/src   # also another checkout, alternating
+  python benchmarks/startup.py --compare /tmp/base/src   # also another checkout, alternating
+  (e.g. git archive <commit> src conf | tar -x -C /tmp/base; both sides off the installed one)
 
 Cases, run in turn within each round (with --compare, each case runs this checkout and the
 other one back to back, the order flipping every round, so that load affects both alike):
