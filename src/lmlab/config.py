@@ -255,6 +255,9 @@ class TrainerConfig:
     log_every_n_steps: int = 10
     deterministic: bool = False
     validate_at_start: bool = True  # lmlab's: a validation at step 0 starts every curve
+    # torch.compile the model in place (nn.Module.compile: the weights keep their names in
+    # checkpoints and the export); the first steps are slower while it compiles
+    compile: bool = False
     kwargs: dict[str, Any] = field(default_factory=dict)  # passed as is to lightning's Trainer
 
 

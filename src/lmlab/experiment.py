@@ -117,6 +117,8 @@ def build_experiment(cfg: DictConfig, data: Data | None = None) -> Experiment:
     datamodule = DataModule(raw, fingerprint, objective, cfg.data, cfg.paths.cache_dir)
     notes = start_from_pretrained(cfg.model, model, new, objective, datamodule)
     model = adapters.wrap(model, cfg.objective, head, new)  # objective.peft: head set
+    if cfg.trainer.compile:
+        model.compile()
     return Experiment(
         config=cfg,
         tokenizer=tokenizer,

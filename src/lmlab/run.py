@@ -73,6 +73,8 @@ def _training_settings(cfg: DictConfig) -> dict:
         "log_every_n_steps": t.log_every_n_steps,
         "deterministic": t.deterministic,
         "default_root_dir": cfg.paths.run_dir,
+        # the validation at start runs every batch that Lightning's sanity check would try
+        "num_sanity_val_steps": 0 if t.validate_at_start else None,
     }
     settings = {
         k: v for k, v in settings.items() if v is not None or k == "check_val_every_n_epoch"

@@ -3,6 +3,8 @@ single run, validated) here, so that a wrong option, key or value is one `LmlabE
 exit 2, before Hydra prints its multi-line message or creates a run dir.
 
 `check_command(args)` is called by lmlab.cli.train.main; it imports only Hydra and the schemas.
+For `--cfg job|hydra|all` it also prints the config (Hydra's own printer), so that the config is
+composed once: Hydra has nothing left to do.
 """
 
 from __future__ import annotations
@@ -26,28 +28,46 @@ _SKIP = ("--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "
 _SKIP += ("--config-path", "-cp", "--experimental-rerun")
 
 
-def check_command(args: list[str]) -> None:
-    """Raises LmlabError for a command whose config cannot be composed or is invalid."""
+def check_command(args: list[str]) -> bool:
+    """Raises LmlabError for a command whose config cannot be composed or is invalid; True
+    when the command was `--cfg ...` and its config has been printed."""
     from hydra._internal.utils import get_args_parser
 
     if any(a.split("=")[0] in _SKIP for a in args):
-        return
+        return False
     parser = get_args_parser()
     parser.error = _usage_error  # one line, not argparse's usage block
     parsed = parser.parse_args(args)
     overrides = list(parsed.overrides)
     if parsed.config_dir:
         overrides.append(f"hydra.searchpath=[file://{parsed.config_dir}]")
+    config_name = parsed.config_name or "train"
+    if parsed.cfg:
+        show_config(parsed, overrides, config_name)
+        return True
     sweep = parsed.multirun or any(o.is_sweep_override() for o in _parse(overrides))
     if sweep:  # with -m, or a search (hparams_search=...) that sets Hydra's multirun mode
         overrides = _first_job(overrides)
-    cfg = compose_or_explain(overrides, parsed.config_name or "train")
-    if parsed.cfg:
-        return
+    cfg = compose_or_explain(overrides, config_name)
     if not sweep:
         validate(cfg)
     for key in ("paths.output_dir", "paths.cache_dir"):
         check_writable(key, OmegaConf.select(cfg, key))
+    return False
+
+
+def show_config(parsed, overrides: list[str], config_name: str) -> None:
+    """`--cfg job|hydra|all [--package P] [--resolve]`, printed by Hydra's own printer."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    if parsed.multirun:  # Hydra's ValueError would be a traceback
+        raise LmlabError("--cfg prints one config: drop --multirun (-m)")
+
+    def show():
+        hydra = GlobalHydra.instance().hydra
+        hydra.show_cfg(config_name, overrides, parsed.cfg, parsed.package, parsed.resolve)
+
+    in_hydra(show, overrides)
 
 
 def _usage_error(message: str):
@@ -139,12 +159,20 @@ def _parse_message(e) -> str:
 
 def compose_or_explain(overrides: list[str], config_name: str = "train"):
     """hydra.compose, each of its errors turned into one line naming the key or option."""
-    from hydra import compose, initialize_config_dir
+    from hydra import compose
+
+    return in_hydra(lambda: compose(config_name, overrides=overrides), overrides)
+
+
+def in_hydra(work, overrides: list[str]):
+    """work() inside Hydra initialised on lmlab's config dir (the job named `train`, as
+    hydra.main names it after cli/train.py); each error of composing `overrides` is one line."""
+    from hydra import initialize_config_dir
     from hydra.errors import MissingConfigException, OverrideParseException
 
     try:
-        with initialize_config_dir(str(config_dir()), version_base="1.3"):
-            return compose(config_name, overrides=overrides)
+        with initialize_config_dir(str(config_dir()), version_base="1.3", job_name="train"):
+            return work()
     except OverrideParseException as e:
         raise LmlabError(_parse_message(e)) from None
     except MissingConfigException as e:

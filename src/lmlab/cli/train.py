@@ -34,13 +34,14 @@ def expand_data_path(args: list[str]) -> list[str]:
     return out
 
 
-def check_start(args: list[str]) -> None:
+def check_start(args: list[str]) -> bool:
     """Composes and validates the command's config before Hydra runs it: a bad option, key
-    or value is one line, exit 2, and no run dir is made (lmlab.cli.precheck)."""
+    or value is one line, exit 2, and no run dir is made (lmlab.cli.precheck). True when
+    nothing is left to run (`--cfg job`: the config is printed)."""
     from lmlab.cli.precheck import check_command
 
     try:
-        check_command(args)
+        return check_command(args)
     except LmlabError as e:
         fail(e)
 
@@ -85,7 +86,8 @@ def run(cfg: DictConfig) -> float | None:
 def main() -> None:
     command = list(sys.argv)  # as typed: the command that continues an interrupted run
     sys.argv = [sys.argv[0], *expand_data_path(sys.argv[1:])]
-    check_start(sys.argv[1:])
+    if check_start(sys.argv[1:]):
+        sys.exit(0)
     code = 0
     try:
         hydra.main(config_path=str(config_dir()), config_name="train", version_base="1.3")(run)()
