@@ -129,7 +129,7 @@ def docs_dir(tmp_path_factory, lmlab_cache_dir) -> Path:
         "notes.txt": CORPUS,
         "path/to/corpus.txt": CORPUS,
         "path/to/valid.txt": CORPUS,
-        **{f"corpus/{n}.txt": tiny_corpus_text(20, seed=n) for n in range(8)},
+        **{f"corpus/{n}.txt": tiny_corpus_text(6, seed=n) for n in range(48)},  # 2+ to validate
         "notes.jsonl": "".join(json.dumps({"body": p}) + "\n" for p in CORPUS.split("\n\n")),
         "mine.tsv": "text\tlabel\n" + "a gripping film\tpositive\ndull\tnegative\n" * 8,
         "questions.jsonl": '{"question": "Who?", "context": "Ann wrote it."}\n',
