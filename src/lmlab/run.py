@@ -168,11 +168,24 @@ def fit_and_export(exp: Experiment, trainer) -> dict:
             export = save_pretrained(exportable, exp.tokenizer, run_dir, task_info(cfg))
             metrics["export"] = str(export)
         metrics |= exp.objective.finish(model, run_dir)
-        write_json(metrics, run_dir / "metrics.json")
+        write_json(metrics, run_dir / "metrics.json")  # from here on, the run is finished
+        if cfg.export and not cfg.keep_checkpoints:
+            drop_checkpoints(run_dir)
     close_loggers(trainer.loggers)  # a wandb run stays open across fit, validate and test
     if trainer.is_global_zero and cfg.plots:  # from metrics.csv, complete once loggers closed
         draw_pictures(run_dir)
     return metrics
+
+
+def drop_checkpoints(run_dir: Path) -> None:
+    """Deletes <run dir>/checkpoints/*.ckpt of a finished run: a run dir with metrics.json is
+    never resumed (resolvers._run_dir), and its export holds the weights that count (the best
+    ones under load_best), so the checkpoints would only store them a second and third time."""
+    folder = run_dir / "checkpoints"
+    for path in folder.glob("*.ckpt"):
+        path.unlink()
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
 
 
 def draw_pictures(run_dir: Path) -> None:
@@ -209,7 +222,8 @@ def load_best(module, trainer) -> None:
     if not best:
         print("load_best: no best checkpoint was saved; keeping the final weights", flush=True)
         return
-    state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+    # mmap: only the weights are read, not the optimizer state beside them
+    state = torch.load(best, map_location="cpu", weights_only=True, mmap=True)["state_dict"]
     module.load_state_dict(state)
     print(f"load_best: evaluating and exporting {best}", flush=True)
 
