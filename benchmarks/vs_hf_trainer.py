@@ -120,8 +120,7 @@ def lmlab_side(seed: int, steps: int, extra: list[str], env: dict, tmp: Path) ->
     wall, cpu, rss, output = run_child(command + extra, env)
     run_dir = re.search(r"^run dir: (.+)$", output, re.M).group(1).strip()
     metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
-    rates = [float(m) for m in re.findall(r"perf/samples_per_sec=([\d.]+)", output)]
-    ex_per_s = metrics.get("perf/samples_per_sec") or (statistics.median(rates) if rates else 0)
+    ex_per_s = float(re.search(r"^speed: ([\d.]+) examples/s", output, re.M).group(1))
     size = sum(f.stat().st_size for f in Path(run_dir).rglob("*") if f.is_file()) / 2**20
     return {"wall": wall, "cpu": cpu, "rss": rss, "ex_per_s": ex_per_s,
             "accuracy": metrics["val/accuracy"], "run_dir_mib": size}  # fmt: skip

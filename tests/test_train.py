@@ -291,6 +291,30 @@ def test_a_finished_run_keeps_its_export_and_drops_its_checkpoints(tmp_path, tin
     assert (tmp_path / "no-export" / "checkpoints" / "last.ckpt").is_file()
 
 
+def test_the_final_evaluation_is_fits_last_when_that_ran_at_the_final_step(
+    tmp_path, tiny_overrides, monkeypatch
+):
+    """Validations every 2 of 4 steps: the one at step 4 already scored the final weights, so
+    no validation runs after fit, and metrics.json is the same as a new validation's."""
+    import pytorch_lightning as pl
+
+    from lmlab.checkpointing import LastValidation
+
+    calls, validate = [], pl.Trainer.validate
+    monkeypatch.setattr(
+        pl.Trainer, "validate", lambda *a, **k: calls.append(1) or validate(*a, **k)
+    )
+    overrides = ["experiment=pretrain_mlm", *tiny_overrides("bert", steps=4)]
+    overrides.append("trainer.validate_at_start=false")
+    reused = run(overrides, tmp_path / "reused")
+    assert calls == []
+    monkeypatch.setattr(LastValidation, "on_validation_end", lambda *a: None)  # forgets it
+    validated = run(overrides, tmp_path / "validated")
+    assert calls == [1]
+    assert reused.pop("export") != validated.pop("export")
+    assert reused == validated and reused["global_step"] == 4
+
+
 def test_resume_from_another_run_dir(resumed):
     b = resumed["b"]
     assert resumed["third"]["global_step"] == 10
