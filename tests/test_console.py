@@ -109,6 +109,9 @@ def test_summary_names_results_files_and_commands(tiny_run, capsys):
     lines = block(out, "done in ")
     summary = dict(line.split(":", 1) for line in lines if ": " in line)
     assert summary["best"].strip().startswith("val/accuracy=")
+    # finished: best.ckpt dropped, so the line names only what exists (load_best: the export)
+    assert not (run_dir / "checkpoints").exists()
+    assert summary["best"].strip().endswith("(the final metrics and the export are its)")
     assert "val/loss=" in summary["final"] and "val/macro_f1=" in summary["final"]
     assert "examples/s" in summary["speed"] and "tokens/s" in summary["speed"]
     assert summary["export"].strip() == str(run_dir / "export")

@@ -263,6 +263,7 @@ def test_a_ddp_run_resumes_mid_epoch(tmp_path, lmlab_cache_dir):
     output = tmp_path / "outputs"
     args = ["experiment=quickstart", "trainer=ddp", "trainer.devices=2"]
     first = [*args, "trainer.max_steps=3", "callbacks.last_checkpoint.every_n_train_steps=3"]
+    first.append("keep_checkpoints=true")
     run_a = f"paths.run_dir={tmp_path / 'a'}"
     proc = lmlab_train([*first, run_a], tmp_path, output, lmlab_cache_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -41,6 +41,7 @@ def gen_run(tmp_path_factory, tiny_overrides):
         *tiny_overrides("gpt2", steps=4),
         "trainer.limit_val_batches=null",
         "objective.decoding.max_new_tokens=4",
+        "keep_checkpoints=true",  # lmlab-eval of its checkpoint too
     ]
     return run_dir, train(compose(overrides, run_dir=str(run_dir)))
 

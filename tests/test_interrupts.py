@@ -40,6 +40,7 @@ def quickstart(corpus: Path, steps: int) -> list[str]:
         "trainer.val_check_interval=10",
         "trainer.limit_val_batches=2",
         "callbacks.progress.refresh_rate=1",  # a line per step: the test sees where it is
+        "keep_checkpoints=true",  # the finished runs' weights are compared
     ]
 
 

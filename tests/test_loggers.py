@@ -57,7 +57,7 @@ def many_run(outputs, tiny_overrides):
     command again for 4 steps, which resumes the run dir from its step-2 checkpoint."""
     run_dir = outputs / "train" / "many"
     common = ["logger=many", f"tags=[{','.join(TAGS)}]"]
-    common.append("callbacks.last_checkpoint.every_n_train_steps=2")
+    common += ["callbacks.last_checkpoint.every_n_train_steps=2", "keep_checkpoints=true"]
     train_in(run_dir, [*tiny_overrides("gpt2", steps=2), *common])
     (run_dir / "metrics.json").unlink()
     metrics = train_in(run_dir, [*tiny_overrides("gpt2", steps=4), *common])

@@ -240,7 +240,7 @@ def test_a_resume_under_changed_data_or_architecture_is_refused(tmp_path, tiny_o
     from lmlab.build import compose, train
 
     first = tmp_path / "first"
-    train(compose([*tiny_overrides("gpt2", 2)], run_dir=str(first)))
+    train(compose([*tiny_overrides("gpt2", 2), "keep_checkpoints=true"], run_dir=str(first)))
     checkpoint = f"resume={first / 'checkpoints' / 'last.ckpt'}"
     other_text = tmp_path / "other.txt"
     other_text.write_text("\n\n".join(f"another corpus, document {i}." * 8 for i in range(60)))

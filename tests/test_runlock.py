@@ -126,7 +126,8 @@ def test_two_identical_commands_one_trains_the_other_exits_with_the_lock_line(
     (run_dir,) = (tmp_path / "outputs" / "quickstart").iterdir()
     assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
     assert not (run_dir / LOCK_FILE).exists()
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    # completed: the export holds the weights, the checkpoints (resume state) are gone
+    assert (run_dir / "export").is_dir() and not (run_dir / "checkpoints").exists()
     rows = (run_dir / "metrics.csv").read_text().splitlines()
     assert len(rows) == len(set(rows))  # one writer: no row twice
 

@@ -104,7 +104,7 @@ def experiment_run(tmp_path_factory, tiny_overrides, tiny_task_data):
             model_type, objective = cfg.model.model_type, cfg.objective.name
             if cfg.model.name_or_path:  # pretrained (MiniLM): a tiny one of its type instead
                 base.append("model=bert_tiny" if model_type == "bert" else "model=gpt_tiny")
-            overrides = base + tiny_overrides(model_type, steps=4)
+            overrides = base + tiny_overrides(model_type, steps=4) + ["keep_checkpoints=true"]
             overrides += tiny_task_data.get(objective, [])
             if objective == "clm":
                 overrides.append("objective.sample_max_new_tokens=8")
@@ -237,6 +237,7 @@ def resumed(tmp_path_factory, tiny_overrides):
     from contextlib import redirect_stdout
 
     base = ["experiment=pretrain_mlm", "callbacks.last_checkpoint.every_n_train_steps=2"]
+    base.append("keep_checkpoints=true")  # "killed" below by removing metrics.json
     a = tmp_path_factory.mktemp("resume-a")
     b = tmp_path_factory.mktemp("resume-b")
     first = run(base + tiny_overrides("bert", steps=4), a)
@@ -271,6 +272,47 @@ def test_rerun_of_an_unfinished_run_resumes(resumed):
     assert (a / "metrics.json").is_file()
     ckpt = torch.load(a / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 8
+
+
+def test_a_finished_run_keeps_its_export_and_drops_its_checkpoints(tmp_path, tiny_overrides):
+    """A finished run (metrics.json) is never resumed and its export holds the weights: its
+    checkpoints go, unless keep_checkpoints=true; with export=false they are its only weights
+    and stay."""
+    base = ["experiment=quickstart", *tiny_overrides("gpt2", steps=2)]
+    base.append("objective.sample_max_new_tokens=4")
+    for extra, kept in (([], []), (["keep_checkpoints=true"], ["best.ckpt", "last.ckpt"])):
+        run_dir = tmp_path / f"kept-{bool(kept)}"
+        run(base + extra, run_dir)
+        assert (run_dir / "export" / "config.json").is_file()
+        assert (run_dir / "metrics.json").is_file()
+        assert sorted(p.name for p in run_dir.glob("checkpoints/*")) == kept
+    assert not (tmp_path / "kept-False" / "checkpoints").exists()
+    run(base + ["export=false"], tmp_path / "no-export")
+    assert (tmp_path / "no-export" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_the_final_evaluation_is_fits_last_when_that_ran_at_the_final_step(
+    tmp_path, tiny_overrides, monkeypatch
+):
+    """Validations every 2 of 4 steps: the one at step 4 already scored the final weights, so
+    no validation runs after fit, and metrics.json is the same as a new validation's."""
+    import pytorch_lightning as pl
+
+    from lmlab.checkpointing import LastValidation
+
+    calls, validate = [], pl.Trainer.validate
+    monkeypatch.setattr(
+        pl.Trainer, "validate", lambda *a, **k: calls.append(1) or validate(*a, **k)
+    )
+    overrides = ["experiment=pretrain_mlm", *tiny_overrides("bert", steps=4)]
+    overrides.append("trainer.validate_at_start=false")
+    reused = run(overrides, tmp_path / "reused")
+    assert calls == []
+    monkeypatch.setattr(LastValidation, "on_validation_end", lambda *a: None)  # forgets it
+    validated = run(overrides, tmp_path / "validated")
+    assert calls == [1]
+    assert reused.pop("export") != validated.pop("export")
+    assert reused == validated and reused["global_step"] == 4
 
 
 def test_resume_from_another_run_dir(resumed):
@@ -331,6 +373,7 @@ def test_cli_end_to_end(tmp_path, tiny_text_file, lmlab_cache_dir):
         "data.max_length=32",
         "data.batch_size=4",
         "objective.sample_max_new_tokens=5",
+        "keep_checkpoints=true",  # "killed" below by removing metrics.json
     ]
 
     def lmlab_train():

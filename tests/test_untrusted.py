@@ -39,6 +39,7 @@ def clm_run(tmp_path_factory, tiny_overrides):
     """A 2-step CLM run: run dir, export and a checkpoint."""
     run_dir = tmp_path_factory.mktemp("clm") / "run"
     overrides = ["experiment=quickstart", "model=gpt_tiny", *tiny_overrides("gpt2", steps=2)]
+    overrides.append("keep_checkpoints=true")
     train(compose(overrides, run_dir=str(run_dir)))
     return run_dir
 

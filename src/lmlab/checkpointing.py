@@ -7,6 +7,8 @@
   during the write leaves the previous file (last.ckpt) whole.
 - `LastCheckpoint`: Lightning's ModelCheckpoint that saves every N steps and/or every M
   minutes (Lightning's own takes one or the other).
+- `LastValidation`: the metrics of fit's last validation and its step, so that the final
+  evaluation is not run again on the same weights (lmlab.run).
 - `KillAt`: stops a run the way a crash does, at a chosen batch or validation pass (the
   resume tests and benchmarks/resume_exact.py).
 """
@@ -148,6 +150,20 @@ def validation_follows(trainer) -> bool:
     """Whether a validation pass runs after the training batch that just ended."""
     fetcher = trainer.fit_loop._data_fetcher
     return fetcher is not None and trainer.fit_loop.epoch_loop._should_check_val_fx(fetcher)
+
+
+class LastValidation(Callback):
+    """Keeps the logged val/* metrics of the last validation during fit and its step."""
+
+    def __init__(self):
+        self.step: int | None = None
+        self.metrics: dict[str, float] = {}
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            logged = trainer.logged_metrics.items()
+            self.metrics = {k: float(v) for k, v in logged if k.startswith("val/")}
+            self.step = trainer.global_step
 
 
 # ---------------------------------------------------------------- crashes on purpose

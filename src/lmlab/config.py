@@ -295,6 +295,9 @@ class TrainConfig:
     # Draw <run dir>/curves.png and the task's pictures (confusion matrix, per-entity F1) at
     # the end (lmlab.report.plots.draw_run; ~2-4 s, mostly importing matplotlib).
     plots: bool = True
+    # Keep checkpoints/*.ckpt once the run has finished. By default a finished run that wrote
+    # its export drops them: a finished run is never resumed, and the export holds the weights.
+    keep_checkpoints: bool = False
 
 
 def register() -> None:

@@ -248,7 +248,7 @@ def summary(exp, trainer, metrics: dict, seconds: float) -> str:
     run_dir = Path(cfg.paths.run_dir)
     lines = [rule(f"done in {duration(seconds)}, {metrics.get('global_step', 0):,} steps")]
     if (best := best_score(trainer, cfg.objective.monitor)) is not None:
-        lines.append(f"best: {cfg.objective.monitor}={best:.4g} ({best_note(cfg)})")
+        lines.append(f"best: {cfg.objective.monitor}={best:.4g} ({best_note(cfg, run_dir)})")
     final = {k: v for k, v in metrics.items() if k.startswith(("val/", "test/"))}
     lines.append(f"final: {metric_text(final)}")
     if speed := speed_text(trainer):
@@ -329,9 +329,15 @@ def best_score(trainer, monitor: str) -> float | None:
     return None
 
 
-def best_note(cfg) -> str:
-    where = "checkpoints/best.ckpt"
-    return f"{where}; the final metrics and the export are its" if cfg.load_best else where
+def best_note(cfg, run_dir: Path) -> str:
+    """Where the best weights are: best.ckpt while kept (keep_checkpoints=true), the export
+    when load_best loaded them."""
+    notes = ["checkpoints/best.ckpt"] if (run_dir / "checkpoints" / "best.ckpt").is_file() else []
+    if cfg.load_best:
+        notes.append("the final metrics and the export are its")
+    elif not notes:
+        notes.append("its checkpoint not kept: keep_checkpoints=true keeps it")
+    return "; ".join(notes)
 
 
 def speed_text(trainer) -> str | None:

@@ -82,12 +82,13 @@ def _training_settings(cfg: DictConfig) -> dict:
     # no_grad rather than inference_mode for evaluation: metric states touched by the
     # validation before fit must stay usable in training
     settings = {**settings, "inference_mode": False, **t.kwargs}
-    if "plugins" not in t.kwargs:  # a kill while a checkpoint is written keeps the previous one
-        from lmlab.checkpointing import AtomicCheckpointIO
+    from lmlab.checkpointing import AtomicCheckpointIO, LastValidation
 
+    if "plugins" not in t.kwargs:  # a kill while a checkpoint is written keeps the previous one
         settings["plugins"] = [AtomicCheckpointIO()]
     loggers = [instantiate_plain(c) for c in (cfg.logger or {}).values() if c]
     callbacks = [instantiate_plain(c) for c in (cfg.callbacks or {}).values() if c]
+    callbacks.append(LastValidation())  # spares the final evaluation when it would repeat it
     if summary := model_summary_callback(cfg.verbose):  # its table: in train.log
         callbacks.append(summary)
     return settings | {"logger": loggers or False, "callbacks": callbacks}
@@ -156,9 +157,8 @@ def fit_and_export(exp: Experiment, trainer) -> dict:
         trainer.validate(exp.module, datamodule=exp.datamodule, verbose=False)
     # weights_only: a resumed checkpoint is data, even under TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD
     trainer.fit(exp.module, datamodule=exp.datamodule, ckpt_path=checkpoint, weights_only=True)
-    if cfg.load_best:
-        load_best(exp.module, trainer)
-    metrics = trainer.validate(exp.module, datamodule=exp.datamodule, verbose=False)[0]
+    same_weights = not (cfg.load_best and load_best(exp.module, trainer))
+    metrics = final_validation(exp, trainer, same_weights)
     if cfg.test:
         metrics |= trainer.test(exp.module, datamodule=exp.datamodule, verbose=False)[0]
     metrics = finite(metrics) | {"global_step": trainer.global_step}
@@ -170,11 +170,35 @@ def fit_and_export(exp: Experiment, trainer) -> dict:
             export = save_pretrained(exportable, exp.tokenizer, run_dir, task_info(cfg))
             metrics["export"] = str(export)
         metrics |= exp.objective.finish(model, run_dir)
-        write_json(metrics, run_dir / "metrics.json")
+        write_json(metrics, run_dir / "metrics.json")  # from here on, the run is finished
+        if cfg.export and not cfg.keep_checkpoints:
+            drop_checkpoints(run_dir)
     close_loggers(trainer.loggers)  # a wandb run stays open across fit, validate and test
     if trainer.is_global_zero and cfg.plots:  # from metrics.csv, complete once loggers closed
         draw_pictures(run_dir)
     return metrics
+
+
+def drop_checkpoints(run_dir: Path) -> None:
+    """Deletes <run dir>/checkpoints/*.ckpt of a finished run: a run dir with metrics.json is
+    never resumed (resolvers._run_dir), and its export holds the weights that count (the best
+    ones under load_best), so the checkpoints would only store them a second and third time."""
+    folder = run_dir / "checkpoints"
+    for path in folder.glob("*.ckpt"):
+        path.unlink()
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+
+
+def final_validation(exp: Experiment, trainer, same_weights: bool) -> dict:
+    """The val/* metrics of the final weights: those of fit's last validation when it ran at
+    the final step and the weights are still its own, else a new validation."""
+    from lmlab.checkpointing import LastValidation
+
+    (last,) = [c for c in trainer.callbacks if isinstance(c, LastValidation)]
+    if same_weights and last.step == trainer.global_step and last.metrics:
+        return dict(last.metrics)
+    return trainer.validate(exp.module, datamodule=exp.datamodule, verbose=False)[0]
 
 
 def draw_pictures(run_dir: Path) -> None:
@@ -203,17 +227,23 @@ def resume_checkpoint(cfg: DictConfig) -> str | None:
     return str(last) if last.is_file() else None
 
 
-def load_best(module, trainer) -> None:
-    """Loads the weights of the best checkpoint (by objective.monitor) into `module`."""
+def load_best(module, trainer) -> bool:
+    """Loads the weights of the best checkpoint (by objective.monitor) into `module`; whether
+    they are other than the final ones (saved at an earlier step)."""
     import torch
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if not best:
         print("load_best: no best checkpoint was saved; keeping the final weights", flush=True)
-        return
-    state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
-    module.load_state_dict(state)
+        return False
+    # mmap: only the weights are read, not the optimizer state beside them
+    saved = torch.load(best, map_location="cpu", weights_only=True, mmap=True)
+    if saved["global_step"] == trainer.global_step:
+        print(f"load_best: the final weights are the best ({best})", flush=True)
+        return False
+    module.load_state_dict(saved["state_dict"])
     print(f"load_best: evaluating and exporting {best}", flush=True)
+    return True
 
 
 def task_info(cfg: DictConfig) -> dict:
