@@ -279,10 +279,10 @@ def test_samples_are_written_at_each_validation(
     assert metrics["val/perplexity"] == pytest.approx(math.exp(metrics["val/loss"]), rel=1e-5)
     text = (tmp_path / "samples.txt").read_text()
     blocks = [b for b in text.split("===== step ") if b]
-    # the validation at start, two during fit (steps 2 and 4), the final one
-    assert [int(b.split("\n", 1)[0]) for b in blocks] == [0, 2, 4, 4]
+    # the validation at start and two during fit (steps 2 and 4); the final evaluation reuses
+    # step 4's (the same weights), so it samples nothing again
+    assert [int(b.split("\n", 1)[0]) for b in blocks] == [0, 2, 4]
     for block in blocks:  # a sample per prompt, each starting with its prompt
         samples = block.split("\n", 1)[1]
         assert samples.startswith("ROMEO:") and "\n\nThe" in samples
-    assert blocks[2] == blocks[3]  # the same weights give the same samples
     assert "val/samples" not in metrics

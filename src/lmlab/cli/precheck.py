@@ -168,8 +168,10 @@ def in_hydra(work, overrides: list[str]):
     """work() inside Hydra initialised on lmlab's config dir (the job named `train`, as
     hydra.main names it after cli/train.py); each error of composing `overrides` is one line."""
     from hydra import initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
     from hydra.errors import MissingConfigException, OverrideParseException
 
+    before = HydraConfig.instance().cfg  # showing a config sets it: leave it as it was
     try:
         with initialize_config_dir(str(config_dir()), version_base="1.3", job_name="train"):
             return work()
@@ -181,6 +183,8 @@ def in_hydra(work, overrides: list[str]):
         raise
     except Exception as e:
         raise LmlabError(_composition_message(e, overrides)) from None
+    finally:
+        HydraConfig.instance().cfg = before
 
 
 def _missing_message(e, overrides: list[str]) -> str:
