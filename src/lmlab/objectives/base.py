@@ -21,9 +21,11 @@ qa (the SQuAD metric of both QA objectives).
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
+import numpy as np
 import torch
 
 from lmlab.errors import LmlabError
@@ -161,23 +163,33 @@ def unique(records: list[dict]) -> list[dict]:
 PARALLEL_MB, PACK_PROCESSES = 32, 2
 
 
-def pack(dataset, tokenizer, block_size: int, separator_id: int, wrap=lambda ids: ids):
+def pack(dataset, tokenizer, block_size: int, separator_id: int, prefix=(), suffix=()):
     """Tokenizes documents and packs them, a separator after each, into full blocks of
-    `block_size` tokens (no padding); `wrap` adds per-block specials such as [CLS] ... [SEP].
-    Batches of 2000 documents are packed apart (the tail of each is dropped); the blocks are
-    written to disk as they come (memory does not grow with the corpus), as int32."""
+    `block_size` tokens (no padding), each block between the ids `prefix` and `suffix` (such
+    as [CLS] ... [SEP]). Batches of 2000 documents are packed apart (the tail of each is
+    dropped); the blocks are written to disk as they come (memory does not grow with the
+    corpus), as int32, without a Python int per token."""
+    import pyarrow as pa
     from datasets import Features, List, Value
 
     from lmlab.data.sources.splits import data_mb
 
     if block_size < 2:
         raise LmlabError(f"data.max_length: {block_size} leaves no room for text")
+    backend = tokenizer.backend_tokenizer  # the Rust tokenizer: ids without offsets
 
     def pack_batch(batch):
-        encoded = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
-        stream = [i for ids in encoded if ids for i in (*ids, separator_id)]
-        n = len(stream) // block_size * block_size  # the tail of each batch is dropped
-        return {"input_ids": [wrap(stream[i : i + block_size]) for i in range(0, n, block_size)]}
+        encoded = backend.encode_batch_fast(batch["text"], add_special_tokens=False)
+        docs = [e.ids for e in encoded]
+        sizes = np.fromiter(map(len, docs), np.int64, len(docs))
+        tokens = np.fromiter(itertools.chain.from_iterable(docs), np.int32, sizes.sum())
+        stream = np.insert(tokens, np.cumsum(sizes)[sizes > 0], separator_id)
+        blocks = stream[: len(stream) // block_size * block_size].reshape(-1, block_size)
+        edges = [np.full((len(blocks), len(ids)), ids, np.int32) for ids in (prefix, suffix)]
+        blocks = np.hstack([edges[0], blocks, edges[1]])
+        offsets = np.arange(0, blocks.size + 1, blocks.shape[1], dtype=np.int32)
+        rows = pa.ListArray.from_arrays(offsets, blocks.ravel())
+        return pa.table({"input_ids": rows})
 
     packed = dataset.map(
         pack_batch,

@@ -108,7 +108,8 @@ class MaskedLM(Objective):
             tok,
             self.max_length - 2,
             tok.sep_token_id,
-            wrap=lambda ids: [tok.cls_token_id, *ids, tok.sep_token_id],
+            prefix=[tok.cls_token_id],
+            suffix=[tok.sep_token_id],
         )
 
     def collate(self, features):

@@ -7,9 +7,11 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import zlib
 from collections import Counter
 from types import MappingProxyType
 
+import numpy as np
 from datasets import DatasetDict
 
 from lmlab.data.sources.settings import mapped_columns
@@ -48,13 +50,18 @@ def _check_fraction(fraction, n):
 
 
 def carve_rows(train, fraction, seed, group=None):
-    """Move a seeded random ``fraction`` of train (at least 1 example) to validation."""
+    """Move a seeded random ``fraction`` of train (at least 1 example) to validation. In
+    numpy, without hashing the indices: a cache hit on a corpus of millions of documents
+    carves in a fraction of a second."""
     n = len(train)
     _check_fraction(fraction, n)
     n_val = min(n - 1, max(1, round(n * fraction)))
-    order = list(range(n))
-    random.Random(seed).shuffle(order)  # stdlib RNG: same split on every platform/process
-    return train.select(sorted(order[n_val:])), train.select(sorted(order[:n_val]))
+    order = np.random.default_rng([seed, zlib.crc32(b"carve")]).permutation(n)  # its own stream
+    kept, held = np.sort(order[n_val:]), np.sort(order[:n_val])
+    return (
+        train.select(kept, new_fingerprint=derive(train, "carve", fraction, seed, "train")),
+        train.select(held, new_fingerprint=derive(train, "carve", fraction, seed, "validation")),
+    )
 
 
 def carve_groups(train, fraction, seed, column):
