@@ -9,25 +9,11 @@ import time
 from pathlib import Path
 
 import pytest
+from test_startup import probe
 
 from lmlab.cli.train import expand_data_path
 
 SCRIPT = Path(sys.executable).parent / "lmlab-train"
-HEAVY = ("torch", "transformers", "pytorch_lightning", "lightning", "datasets")
-
-# Calls main() in a fresh interpreter, then reports what it imported.
-PROBE = f"""
-import json, sys
-sys.argv = ["lmlab-train", *json.loads(sys.argv[1])]
-import lmlab.cli.train
-code = 0
-try:
-    lmlab.cli.train.main()
-except SystemExit as e:
-    code = e.code or 0
-heavy = [m for m in {HEAVY!r} if m in sys.modules]
-print("PROBE", json.dumps({{"code": code, "heavy": heavy}}))
-"""
 
 
 @pytest.fixture
@@ -37,22 +23,6 @@ def cli_env(tmp_path):
     env["LMLAB_CACHE_DIR"] = str(tmp_path / "cache")
     env.pop("HYDRA_FULL_ERROR", None)
     return env
-
-
-def probe(args, env, cwd):
-    import json
-
-    proc = subprocess.run(
-        [sys.executable, "-c", PROBE, json.dumps(args)],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr
-    line = [x for x in proc.stdout.splitlines() if x.startswith("PROBE ")][-1]
-    return json.loads(line[len("PROBE ") :]), proc
 
 
 def lmlab_train(args, env, cwd):
@@ -65,16 +35,16 @@ def test_console_script_is_installed():
     assert SCRIPT.is_file(), f"{SCRIPT} missing: pip install -e . in the venv"
 
 
-def test_help_is_light(cli_env, tmp_path):
-    result, proc = probe(["--help"], cli_env, tmp_path)
-    assert result == {"code": 0, "heavy": []}
+def test_help_is_light(tmp_path):
+    result, proc = probe(["--help"], tmp_path)
+    assert (result["code"], result["heavy"]) == (0, [])
     assert "experiment" in proc.stdout  # the config groups are listed
     assert "objective" in proc.stdout
 
 
-def test_cfg_job_is_light(cli_env, tmp_path):
-    result, proc = probe(["--cfg", "job", "experiment=pretrain_bert"], cli_env, tmp_path)
-    assert result == {"code": 0, "heavy": []}
+def test_cfg_job_is_light(tmp_path):
+    result, proc = probe(["--cfg", "job", "experiment=pretrain_bert"], tmp_path)
+    assert (result["code"], result["heavy"]) == (0, [])
     assert "name: pretrain_bert" in proc.stdout
     assert "name: mlm_nsp" in proc.stdout  # the experiment's objective
     assert not (tmp_path / "outputs").exists()  # printing a config makes no run dir

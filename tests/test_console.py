@@ -112,6 +112,8 @@ def test_summary_names_results_files_and_commands(tiny_run, capsys):
     # finished: best.ckpt dropped, so the line names only what exists (load_best: the export)
     assert not (run_dir / "checkpoints").exists()
     assert summary["best"].strip().endswith("(the final metrics and the export are its)")
+    (load_best,) = [line for line in out.splitlines() if line.startswith("load_best: ")]
+    assert "ckpt" not in load_best  # it names no file the finished run dropped
     assert "val/loss=" in summary["final"] and "val/macro_f1=" in summary["final"]
     assert "examples/s" in summary["speed"] and "tokens/s" in summary["speed"]
     assert summary["export"].strip() == str(run_dir / "export")
@@ -290,6 +292,42 @@ def test_summary_lists_the_plots_in_the_run_dir(tmp_path):
     assert "plots: confusion_matrix.png, curves.png" in lines
     assert f"metrics: {tmp_path / 'metrics.json'}" in lines
     assert not any(line.startswith(("best:", "speed:", "export:", "predict:")) for line in lines)
+
+
+@pytest.mark.parametrize(
+    "export, keep, line",
+    [
+        (True, False, "load_best: loaded the best weights, of step 2 (training ended at step 4); "
+                      "the final metrics and the export are theirs"),
+        (True, True, "load_best: loaded the best weights, of step 2 (training ended at step 4); "
+                     "the final metrics and the export are theirs (kept: {best})"),
+        (False, False, "load_best: loaded the best weights, of step 2 (training ended at step 4); "
+                       "the final metrics are theirs (kept: {best})"),  # no export: kept
+    ],
+)  # fmt: skip
+def test_load_best_line_holds_when_the_run_has_ended(tmp_path, capsys, export, keep, line):
+    import torch
+
+    from lmlab.run import load_best
+
+    best = tmp_path / "checkpoints" / "best.ckpt"
+    best.parent.mkdir()
+    torch.save({"global_step": 2, "state_dict": {"w": torch.ones(1)}}, best)
+    loaded = []
+    module = SimpleNamespace(load_state_dict=loaded.append)
+    trainer = SimpleNamespace(checkpoint_callback=SimpleNamespace(best_model_path=str(best)))
+    cfg = OmegaConf.create({"export": export, "keep_checkpoints": keep})
+
+    trainer.global_step = 4
+    assert load_best(module, trainer, cfg) is True
+    assert capsys.readouterr().out == line.format(best=best) + "\n"
+    assert [list(state) for state in loaded] == [["w"]]
+
+    trainer.global_step = 2  # the best checkpoint is of the last step: nothing to load
+    assert load_best(module, trainer, cfg) is False
+    kept = f" (kept: {best})" if keep or not export else ""
+    assert capsys.readouterr().out == f"load_best: the final weights (step 2) are the best{kept}\n"
+    assert len(loaded) == 1
 
 
 def test_time_left_follows_the_pace_since_training_started(monkeypatch):

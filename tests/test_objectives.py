@@ -542,13 +542,6 @@ def test_make_pairs_single_sentence_documents_give_one_pair_each():
             assert doc_of(b) != doc_of(a)
 
 
-def test_make_pairs_needs_two_documents():
-    with pytest.raises(LmlabError, match="2 documents"):
-        make_pairs([[[1, 2, 3], [4, 5]]], 16, random.Random(0))
-    with pytest.raises(LmlabError):
-        make_pairs([], 16, random.Random(0))
-
-
 def test_make_pairs_is_deterministic_for_a_seed():
     documents = id_documents(40, random.Random(0))
     first = make_pairs(documents, 24, random.Random(9))
@@ -625,11 +618,51 @@ def test_nsp_training_pairs_are_drawn_dupe_factor_times_validation_once(tiny_wor
     assert len(obj.preprocess(text_dataset(texts), "validation")) == 3
 
 
-@pytest.mark.parametrize("texts", [["the dog sleeps. the fox runs."], ["the dog sleeps.", ""]])
-def test_nsp_preprocess_needs_two_documents(tiny_wordpiece, texts):
+NSP_TOO_FEW = (
+    "next-sentence prediction needs at least 2 documents (of 2 tokens or more) in each split, "
+    "the {split} split has {n}; with data.documents=file each text file is one document "
+    "(blank_line or line splits it into several)"
+)
+
+
+@pytest.mark.parametrize(
+    "texts, split, key, n",
+    [
+        (["the dog sleeps. the fox runs."], "train", "data.train", 1),
+        (["the dog sleeps.", ""], "train", "data.train", 1),  # "" is no document
+        (["the dog sleeps.", "the fox runs."], "train", None, 2),
+        (["the dog sleeps."], "validation",
+         "data.validation (or data.val_fraction, carving it from train)", 1),
+        ([""], "test", "data.test", 0),
+    ],
+)  # fmt: skip
+def test_nsp_preprocess_needs_two_documents_and_names_the_splits_key(
+    tiny_wordpiece, texts, split, key, n
+):
     obj = NextSentencePrediction(nsp_cfg(), tiny_wordpiece, 32)
-    with pytest.raises(LmlabError, match="2 documents"):
-        obj.preprocess(text_dataset(texts), "train")
+    if key is None:
+        assert len(obj.preprocess(text_dataset(texts), split)) > 0
+        return
+    with pytest.raises(LmlabError) as e:
+        obj.preprocess(text_dataset(texts), split)
+    assert str(e.value) == f"{key}: " + NSP_TOO_FEW.format(split=split, n=n)
+
+
+def test_nsp_on_three_files_as_documents_blames_the_carved_validation(
+    tmp_path, tiny_overrides, lmlab_cache_dir, monkeypatch
+):
+    """data.documents=file, 3 files: val_fraction carves 1 off train, and that split fails."""
+    from lmlab.build import compose, train
+
+    monkeypatch.setenv("LMLAB_CACHE_DIR", str(lmlab_cache_dir))
+    for i, text in enumerate(NSP_TEXTS[:3]):
+        (tmp_path / f"doc{i}.txt").write_text(text)
+    overrides = ["experiment=pretrain_nsp", *tiny_overrides("bert")]
+    overrides += [f"data.train={tmp_path}/doc*.txt", "data.documents=file"]
+    with pytest.raises(LmlabError) as e:
+        train(compose(overrides, run_dir=str(tmp_path / "run")))
+    assert str(e.value).startswith("data.validation (or data.val_fraction, carving it from train)")
+    assert "the validation split has 1;" in str(e.value)
 
 
 def test_nsp_preprocess_smallest_max_length_fits(tiny_wordpiece):

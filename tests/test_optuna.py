@@ -10,8 +10,6 @@ The searches are the real CLI in subprocesses on the tiny GPT of tests/test_swee
 import json
 import os
 import re
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -23,14 +21,13 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 from test_sweeps import (
-    SCRIPT,
     assert_complete,
     compose_with_hydra,
+    kill_sweep_when,
     lmlab_train,
     mtimes,
     statuses,
     the_sweep_dir,
-    wait_for,
 )
 
 from hydra_plugins.lmlab_optuna_sweeper.search_space import SearchSpace
@@ -296,20 +293,11 @@ def test_a_killed_search_run_again_resumes_its_trial(tiny_overrides, env):
     args = [*tiny_overrides("gpt2", steps=16), "trainer.validate_at_start=false", "export=false"]
     args += ["objective.sample_max_new_tokens=4", "callbacks.last_checkpoint.every_n_train_steps=2"]
     args += ["hparams_search=pretrain_optuna", "hydra.sweeper.n_trials=3"]
-    log = open(Path(env["LMLAB_OUTPUT_DIR"]).parent / "first.log", "w")  # noqa: SIM115
-    first = subprocess.Popen(
-        [str(SCRIPT), *args], env=env, stdout=log, stderr=subprocess.STDOUT,
-        cwd=Path(env["LMLAB_OUTPUT_DIR"]).parent, start_new_session=True,
-    )  # fmt: skip
-    try:
-        wait_for(lambda: (Path(env["LMLAB_OUTPUT_DIR"]) / "multirun" / "train").is_dir(), first)
-        sweep = the_sweep_dir(env)
-        last = sweep / "1" / "checkpoints" / "last.ckpt"
-        wait_for(lambda: (sweep / "0" / "status.json").is_file() and last.is_file(), first)
-    finally:  # the whole search dies at once, as on a crashed machine
-        os.killpg(first.pid, signal.SIGKILL)
-        first.wait()
-        log.close()
+    last_of_1 = Path("1", "checkpoints", "last.ckpt")
+    sweep = kill_sweep_when(
+        args, env, lambda s: (s / "0" / "status.json").is_file() and (s / last_of_1).is_file()
+    )
+    last = sweep / last_of_1
     assert states(sweep) == ["COMPLETE", "RUNNING"]
     before = mtimes(sweep / "0")
 

@@ -81,6 +81,8 @@ def write_job(sweep, num, overrides, status=None, curve=None, final=True):
         record = {"status": status, "error": ERROR if status == "failed" else None}
         record |= {"optimized_metric": "val/loss", "overrides": overrides}
         record["value"] = curve[max(curve)][0] if curve else None
+        if status == "pruned":  # as lmlab.pruning leaves it: the step the pruner stopped at
+            record["step"] = max(curve)
         (job / "status.json").write_text(json.dumps(record))
     return job
 
@@ -123,7 +125,7 @@ def test_report_table_best_and_files(sweep, capsys):
     assert "![curves](curves.png)" in md and "![params](params.png)" in md
     best = yaml.safe_load((sweep / "best.yaml").read_text())
     assert best == {
-        "job": 1, "metric": "val/loss", "mode": "min", "value": 0.5,
+        "job": 1, "status": "completed", "metric": "val/loss", "mode": "min", "value": 0.5,
         "overrides": JOBS[1], "command": command,
     }  # fmt: skip
     assert "| 0 | completed | bert_tiny | 1e-5 | 16 | 0.7 |" in printed and command in printed
@@ -205,6 +207,41 @@ def test_unfinished_job_uses_last_logged_values_and_never_wins(sweep):
     row = read_report_csv(sweep / "report.csv")[3]
     assert row[:8] == ["3", "incomplete", "bert_tiny", "1e-5", "8", "0.3", "0.9", "5"]
     assert "still running, or killed" in row[8]
+
+
+PRUNED_JOB = [*JOBS[0][:3], "data.batch_size=4"]  # stopped at step 5 with the lowest val/loss
+PRUNED_CURVE = {0: (0.9, 0.5), 5: (0.3, 0.8)}
+
+
+def test_a_pruned_trial_shows_its_status_and_never_beats_a_completed_one(sweep, capsys):
+    write_job(sweep, 3, PRUNED_JOB, "pruned", PRUNED_CURVE)
+    main([str(sweep)])
+    printed = capsys.readouterr().out
+
+    rows = read_report_csv(sweep / "report.csv")
+    assert [row[:2] for row in rows[1:]] == [
+        ["1", "completed"], ["0", "completed"], ["3", "pruned"], ["2", "failed"]
+    ]  # fmt: skip
+    assert rows[3] == ["3", "pruned", "bert_tiny", "1e-5", "4", "0.3", "0.8", "5",
+                       "stopped by the pruner at step 5"]  # fmt: skip
+    assert "4 jobs (2 completed, 1 pruned, 1 failed)" in printed
+    assert "Best: job 1 (val/loss = 0.5)" in printed
+    assert yaml.safe_load((sweep / "best.yaml").read_text())["job"] == 1
+
+
+def test_a_pruned_trial_is_best_only_when_no_job_completed(tmp_path):
+    sweep = tmp_path / "sweep"
+    write_job(sweep, 0, JOBS[0], "failed")
+    write_job(sweep, 1, PRUNED_JOB, "pruned", PRUNED_CURVE)
+    result = report(sweep)
+    assert (result["best"].num, result["best"].status) == (1, "pruned")
+    md = (sweep / "report.md").read_text()
+    assert (
+        "Best: job 1 (val/loss = 0.3; stopped by the pruner at step 5: no completed job has a "
+        "value): data.batch_size=4." in md
+    )
+    best = yaml.safe_load((sweep / "best.yaml").read_text())
+    assert (best["job"], best["status"], best["value"]) == (1, "pruned", 0.3)
 
 
 def test_not_a_sweep_dir_is_one_clear_error(tmp_path, capsys):

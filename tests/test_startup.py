@@ -39,15 +39,19 @@ print("PROBE", json.dumps({{"code": code, "heavy": heavy, "composed": len(compos
 
 
 def probe(args, tmp_path):
-    env = {"LMLAB_OUTPUT_DIR": str(tmp_path / "out"), "LMLAB_CACHE_DIR": str(tmp_path / "c")}
+    """(PROBE's result, the process) of lmlab-train `args` run in tmp_path, its outputs in
+    tmp_path/outputs. Also used by test_cli.py."""
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    env |= {"LMLAB_OUTPUT_DIR": str(tmp_path / "outputs"), "LMLAB_CACHE_DIR": str(tmp_path / "c")}
     proc = subprocess.run(
         [sys.executable, "-c", PROBE, json.dumps(args)],
-        env={**os.environ, **env},
+        env=env,
         cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=120,
     )
+    assert proc.returncode == 0, proc.stderr  # main() raised something other than SystemExit
     line = [x for x in proc.stdout.splitlines() if x.startswith("PROBE ")][-1]
     return json.loads(line[len("PROBE ") :]), proc
 

@@ -383,6 +383,27 @@ def wait_for(condition, proc: subprocess.Popen, timeout: float = 180) -> None:
         time.sleep(0.05)
 
 
+def kill_sweep_when(args: list[str], env: dict, ready) -> Path:
+    """Runs lmlab-train with `args` until `ready(sweep dir)`, then SIGKILLs its whole process
+    group at once (joblib's workers too), as on a crashed machine; returns the sweep dir. Its
+    output goes to first.log beside the outputs."""
+    outputs = Path(env["LMLAB_OUTPUT_DIR"])
+    multirun = outputs / "multirun" / "train"
+    with open(outputs.parent / "first.log", "w") as log:
+        first = subprocess.Popen(
+            [str(SCRIPT), *args], env=env, stdout=log, stderr=subprocess.STDOUT,
+            cwd=outputs.parent, start_new_session=True,
+        )  # fmt: skip
+        try:
+            wait_for(lambda: multirun.is_dir() and any(multirun.iterdir()), first)
+            sweep = the_sweep_dir(env)
+            wait_for(lambda: ready(sweep), first)
+        finally:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait()
+    return sweep
+
+
 def completed(sweep: Path, num: int) -> bool:
     status = sweep / str(num) / "status.json"
     return status.is_file() and json.loads(status.read_text())["status"] == "completed"
@@ -395,20 +416,11 @@ def test_a_killed_joblib_sweep_run_again_skips_completed_jobs_and_resumes(tiny_o
     args += ["objective.sample_max_new_tokens=4", "export=false"]
     args += ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
     args += ["callbacks.last_checkpoint.every_n_train_steps=2", "objective.lr=1e-3,2e-3,3e-3,4e-3"]
-    log = open(Path(env["LMLAB_OUTPUT_DIR"]).parent / "first.log", "w")  # noqa: SIM115
-    first = subprocess.Popen(
-        [str(SCRIPT), *args], env=env, stdout=log, stderr=subprocess.STDOUT,
-        cwd=Path(env["LMLAB_OUTPUT_DIR"]).parent, start_new_session=True,
-    )  # fmt: skip
-    try:
-        wait_for(lambda: (Path(env["LMLAB_OUTPUT_DIR"]) / "multirun" / "train").is_dir(), first)
-        sweep = the_sweep_dir(env)
-        last = sweep / "2" / "checkpoints" / "last.ckpt"
-        wait_for(lambda: completed(sweep, 0) and completed(sweep, 1) and last.is_file(), first)
-    finally:  # the whole sweep dies at once, joblib's workers too, as on a crashed machine
-        os.killpg(first.pid, signal.SIGKILL)
-        first.wait()
-        log.close()
+    last_of_2 = Path("2", "checkpoints", "last.ckpt")
+    sweep = kill_sweep_when(
+        args, env, lambda s: completed(s, 0) and completed(s, 1) and (s / last_of_2).is_file()
+    )
+    last = sweep / last_of_2
     assert not completed(sweep, 2), "job 2 ended before the kill: nothing to resume"
     before = {num: mtimes(sweep / str(num)) for num in (0, 1)}
 

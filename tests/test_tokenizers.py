@@ -5,6 +5,7 @@ import random
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from omegaconf import OmegaConf
@@ -194,6 +195,37 @@ def test_wordpiece_ties_use_continuation_tokens_in_code_point_order():
 def test_train_reads_texts_once(tiny_corpus):
     once = train_tokenizer(iter(tiny_corpus * 3), "bpe", 300)
     assert once.get_vocab() == train_tokenizer(tiny_corpus * 3, "bpe", 300).get_vocab()
+
+
+# ---------------------------------------------------------------- load_or_train: pretrained
+
+
+@pytest.mark.parametrize(
+    "settings, tokenizer_path, trust",
+    [
+        ({}, None, False),
+        ({"trust_remote_code": False}, None, False),
+        ({"trust_remote_code": True}, None, True),
+        ({"trust_remote_code": True}, "other/tokenizer", True),  # tokenizer.name_or_path
+    ],
+)
+def test_a_pretrained_tokenizer_gets_the_models_trust_remote_code(
+    monkeypatch, tmp_path, settings, tokenizer_path, trust
+):
+    import transformers
+
+    calls = []
+
+    def from_pretrained(source, **kwargs):
+        calls.append((source, kwargs))
+        return SimpleNamespace(pad_token="[PAD]")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", from_pretrained)
+    cfg = model_cfg("bert", 150, name_or_path=tokenizer_path)
+    cfg.name_or_path, cfg.config = "some/model", settings
+
+    load_or_train(cfg, [], "fp", tmp_path)
+    assert calls == [(tokenizer_path or "some/model", {"trust_remote_code": trust})]
 
 
 # ---------------------------------------------------------------- load_or_train: cache

@@ -340,6 +340,18 @@ def best_note(cfg, run_dir: Path) -> str:
     return "; ".join(notes)
 
 
+def load_best_line(step: int, final_step: int, exported: bool, kept: str | None) -> str:
+    """What load_best did, in words still true when the run ends: the best checkpoint's path
+    only when it is `kept` (a finished run with an export drops its checkpoints)."""
+    if step == final_step:
+        text = f"load_best: the final weights (step {final_step}) are the best"
+    else:
+        used = "the final metrics and the export are" if exported else "the final metrics are"
+        text = f"load_best: loaded the best weights, of step {step} (training ended at step "
+        text += f"{final_step}); {used} theirs"
+    return text + (f" (kept: {kept})" if kept else "")
+
+
 def speed_text(trainer) -> str | None:
     """Training speed over the whole run (validation excluded), as the Throughput callback
     measured it."""

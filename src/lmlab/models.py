@@ -19,7 +19,8 @@ def load_or_create(model_cfg, head: str, tokenizer, extra: dict | None = None):
 
     auto = getattr(transformers, head)
     settings = {**dict(model_cfg.config), **(extra or {})}
-    trust = bool(settings.pop("trust_remote_code", False))
+    settings.pop("trust_remote_code", None)  # a from_pretrained argument, not a config value
+    trust = trusts_remote_code(model_cfg)
     if model_cfg.name_or_path:
         check_code(model_cfg)
         if trust:
@@ -96,11 +97,17 @@ def custom_code(folder) -> str | None:
     return None
 
 
+def trusts_remote_code(model_cfg) -> bool:
+    """model.config.trust_remote_code (False unless set): the user's choice, for the model and
+    its tokenizer alike."""
+    return bool((model_cfg.get("config") or {}).get("trust_remote_code", False))
+
+
 def check_code(model_cfg) -> None:
     """model.name_or_path may bring its own Python only with model.config.trust_remote_code
     (from the command line: a stored config never passes it on)."""
     where = custom_code(model_cfg.name_or_path)
-    if where and not (model_cfg.get("config") or {}).get("trust_remote_code"):
+    if where and not trusts_remote_code(model_cfg):
         raise LmlabError(
             f"model.name_or_path: '{model_cfg.name_or_path}' comes with its own Python code "
             f"(auto_map in its {where}), which lmlab does not run; if you trust it, add "

@@ -22,7 +22,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from lmlab.console import header, model_summary_callback, routed, summary
+from lmlab.console import header, load_best_line, model_summary_callback, routed, summary
 from lmlab.errors import LmlabError
 from lmlab.experiment import Data, Experiment, build_experiment, instantiate_plain, load_data
 from lmlab.interrupts import catch_signals
@@ -157,7 +157,7 @@ def fit_and_export(exp: Experiment, trainer) -> dict:
         trainer.validate(exp.module, datamodule=exp.datamodule, verbose=False)
     # weights_only: a resumed checkpoint is data, even under TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD
     trainer.fit(exp.module, datamodule=exp.datamodule, ckpt_path=checkpoint, weights_only=True)
-    same_weights = not (cfg.load_best and load_best(exp.module, trainer))
+    same_weights = not (cfg.load_best and load_best(exp.module, trainer, cfg))
     metrics = final_validation(exp, trainer, same_weights)
     if cfg.test:
         metrics |= trainer.test(exp.module, datamodule=exp.datamodule, verbose=False)[0]
@@ -171,12 +171,18 @@ def fit_and_export(exp: Experiment, trainer) -> dict:
             metrics["export"] = str(export)
         metrics |= exp.objective.finish(model, run_dir)
         write_json(metrics, run_dir / "metrics.json")  # from here on, the run is finished
-        if cfg.export and not cfg.keep_checkpoints:
+        if not keeps_checkpoints(cfg):
             drop_checkpoints(run_dir)
     close_loggers(trainer.loggers)  # a wandb run stays open across fit, validate and test
     if trainer.is_global_zero and cfg.plots:  # from metrics.csv, complete once loggers closed
         draw_pictures(run_dir)
     return metrics
+
+
+def keeps_checkpoints(cfg: DictConfig) -> bool:
+    """Whether a finished run keeps checkpoints/*.ckpt: asked to, or with no export to hold
+    its weights."""
+    return cfg.keep_checkpoints or not cfg.export
 
 
 def drop_checkpoints(run_dir: Path) -> None:
@@ -227,7 +233,7 @@ def resume_checkpoint(cfg: DictConfig) -> str | None:
     return str(last) if last.is_file() else None
 
 
-def load_best(module, trainer) -> bool:
+def load_best(module, trainer, cfg: DictConfig) -> bool:
     """Loads the weights of the best checkpoint (by objective.monitor) into `module`; whether
     they are other than the final ones (saved at an earlier step)."""
     import torch
@@ -238,12 +244,12 @@ def load_best(module, trainer) -> bool:
         return False
     # mmap: only the weights are read, not the optimizer state beside them
     saved = torch.load(best, map_location="cpu", weights_only=True, mmap=True)
-    if saved["global_step"] == trainer.global_step:
-        print(f"load_best: the final weights are the best ({best})", flush=True)
-        return False
-    module.load_state_dict(saved["state_dict"])
-    print(f"load_best: evaluating and exporting {best}", flush=True)
-    return True
+    step, final = saved["global_step"], trainer.global_step
+    if step != final:
+        module.load_state_dict(saved["state_dict"])
+    kept = best if keeps_checkpoints(cfg) else None
+    print(load_best_line(step, final, cfg.export, kept), flush=True)
+    return step != final
 
 
 def task_info(cfg: DictConfig) -> dict:

@@ -64,9 +64,12 @@ def load_or_train(model_cfg, texts: Iterable[str], corpus_fingerprint: str, cach
     `texts` is read only when one has to be trained."""
     from transformers import AutoTokenizer
 
+    from lmlab.models import trusts_remote_code
+
     source = model_cfg.tokenizer.name_or_path or model_cfg.name_or_path
-    if source:
-        tokenizer = AutoTokenizer.from_pretrained(source)
+    if source:  # False, not None: transformers neither runs a tokenizer's code nor asks to
+        trust = trusts_remote_code(model_cfg)
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust)
     else:
         settings = {
             "kind": _kind(model_cfg.model_type),

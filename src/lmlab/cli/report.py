@@ -10,8 +10,8 @@ metrics.csv), status (status.json). Prints the table; writes report.csv, report.
 best.yaml, curves.png and params.png into the sweep dir (or --out; runs side by side: only
 with --out). Rows are sorted by the optimised metric (optimized_metric of the jobs'
 config.yaml; direction from the Optuna sweeper, else objective.monitor_mode): completed jobs
-first, then incomplete ones, failed jobs last. Jobs that differ only in `seed` also form one
-row per setting with mean ± sample standard deviation and n (groups.csv).
+first, then pruned ones, incomplete ones, failed jobs last. Jobs that differ only in `seed`
+also form one row per setting with mean ± sample standard deviation and n (groups.csv).
 --plots draws each run's own pictures (curves.png, confusion_matrix.png, entity_f1.png) into
 its run dir instead. The work is lmlab.report's; this module parses the arguments and prints.
 """

@@ -14,6 +14,12 @@ from lmlab.objectives.base import Metrics, Objective, masked_cross_entropy
 
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
 IS_NEXT, IS_RANDOM = 0, 1  # Hugging Face's next_sentence_label convention
+# The keys that make a split's documents (a validation split is given or carved from train)
+SPLIT_KEYS = {
+    "train": "data.train",
+    "validation": "data.validation (or data.val_fraction, carving it from train)",
+    "test": "data.test",
+}
 
 
 def make_pairs(
@@ -22,12 +28,11 @@ def make_pairs(
     rng: random.Random,
     short_seq_prob: float = 0.1,
 ) -> list[tuple[list[int], list[int], int]]:
-    """BERT's pair construction over tokenized documents (lists of sentences of ids).
-    Returns (segment A, segment B, label) with len(A) + len(B) <= max_tokens."""
+    """BERT's pair construction over tokenized documents (lists of sentences of ids), at
+    least 2 (check_documents). Returns (segment A, segment B, label) with
+    len(A) + len(B) <= max_tokens."""
     if max_tokens < 2:
         raise LmlabError(f"data.max_length: {max_tokens + 3} leaves no room for two segments")
-    if len(documents) < 2:
-        raise LmlabError("data.train: next-sentence prediction needs at least 2 documents")
     pairs = []
     for d, document in enumerate(documents):
         target = max_tokens if rng.random() >= short_seq_prob else rng.randint(2, max_tokens)
@@ -43,6 +48,18 @@ def make_pairs(
                 chunk = []
             i += 1
     return pairs
+
+
+def check_documents(count: int, split: str) -> None:
+    """A random pair's segment B comes from another document: each split needs 2."""
+    if count >= 2:
+        return
+    key = SPLIT_KEYS.get(split, f"the {split} inputs")
+    raise LmlabError(
+        f"{key}: next-sentence prediction needs at least 2 documents (of 2 tokens or more) in "
+        f"each split, the {split} split has {count}; with data.documents=file each text file "
+        "is one document (blank_line or line splits it into several)"
+    )
 
 
 def _pair(chunk, documents, d, target, rng):
@@ -91,6 +108,7 @@ class NextSentencePrediction(Objective):
             ids = tok(sentences, add_special_tokens=False)["input_ids"] if sentences else []
             if sum(map(len, ids)) >= 2:
                 documents.append([s for s in ids if s])
+        check_documents(len(documents), split)
         rng = random.Random(self.seed * 1000 + zlib.crc32(split.encode()))
         # training pairs are drawn several times, so that NSP cannot just memorise them
         passes = self.cfg.dupe_factor if split == "train" else 1

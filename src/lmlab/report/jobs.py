@@ -5,7 +5,8 @@ Each job: overrides (.hydra/overrides.yaml), final metrics (metrics.json, else t
 of metrics.csv), status (status.json, through lmlab.records). What to rank by is a Target (a
 metric and a direction): --metric/--mode, else the jobs' optimized_metric or
 objective.monitor, with the direction of the Optuna sweeper, objective.monitor_mode, or a
-guess from the metric's name. Completed jobs rank first, then incomplete ones, failed last.
+guess from the metric's name. Completed jobs rank first, then pruned ones (stopped early by
+Optuna's pruner), then incomplete ones, failed last.
 Jobs that differ only in `seed` form a Group: mean, sample standard deviation and n.
 """
 
@@ -21,9 +22,9 @@ from pathlib import Path
 
 from lmlab import records
 from lmlab.errors import LmlabError
-from lmlab.records import COMPLETED, FAILED, INCOMPLETE
+from lmlab.records import COMPLETED, FAILED, FINISHED, INCOMPLETE, PRUNED
 
-STATUS_ORDER = {COMPLETED: 0, INCOMPLETE: 1, FAILED: 2}
+STATUS_ORDER = {COMPLETED: 0, PRUNED: 1, INCOMPLETE: 2, FAILED: 3}
 RUN_FILES = ("metrics.json", "metrics.csv", "status.json", "config.yaml")  # one of: a run dir
 NO_RECORD = "no status.json or metrics.json: still running, or killed"
 
@@ -131,16 +132,19 @@ def numeric(metrics: dict) -> dict[str, float]:
 
 
 def job_status(record: dict, final: dict | None) -> tuple[str, str]:
-    """(status, error) from status.json's record and whether metrics.json is there."""
+    """(status, error) from status.json's record and whether metrics.json is there; a pruned
+    job's error column says at which step the pruner stopped it."""
     status = record.get("status")
     error = record.get("error") or ""
+    if status == PRUNED and record.get("step") is not None:
+        error = f"stopped by the pruner at step {record['step']}"
     # no status.json (killed, or written by an old lmlab), or interrupted (a signal: the
     # error says at which step; a re-run of the sweep's command resumes it)
-    if status not in (COMPLETED, FAILED):
+    if status not in (*FINISHED, FAILED):
         status = COMPLETED if final is not None else INCOMPLETE
         error = "" if final is not None else error or NO_RECORD
-    if status == COMPLETED and final is None:
-        status, error = INCOMPLETE, "completed, but without metrics.json"
+    if status in FINISHED and final is None:
+        status, error = INCOMPLETE, f"{status}, but without metrics.json"
     return status, error
 
 
@@ -319,7 +323,8 @@ def choose_target(
 
 
 def rank(jobs: list[Job], target: Target) -> list[Job]:
-    """Completed jobs by the metric, then incomplete ones (partial values), then failed ones."""
+    """Completed jobs by the metric, then pruned ones, incomplete ones (partial values), then
+    failed ones."""
 
     def key(job: Job):
         return STATUS_ORDER[job.status], target.sort_value(job.metrics.get(target.metric)), job.num
@@ -328,10 +333,12 @@ def rank(jobs: list[Job], target: Target) -> list[Job]:
 
 
 def best_job(ranked: list[Job], target: Target) -> Job | None:
-    """The best completed job; partial values of unfinished jobs do not compete."""
+    """The best completed job; a pruned one only when no completed job has a value (its value
+    is from fewer steps, so never compared with theirs: `ranked` puts it after them); partial
+    values of unfinished jobs do not compete."""
     for job in ranked:
         value = job.metrics.get(target.metric)
-        if job.status == COMPLETED and value is not None and not math.isnan(value):
+        if job.status in FINISHED and value is not None and not math.isnan(value):
             return job
     return None
 

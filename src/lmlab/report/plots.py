@@ -145,7 +145,7 @@ def params_figure(jobs: list[Job], params: list[str], target: Target, groups=Non
         xs = param_axis(ax, [job.override_values().get(param, UNSET) for job in scored])
         scores = [job.metrics[target.metric] for job in scored]
         for x, y, job in zip(xs, scores, scored):
-            filled = job.status == COMPLETED  # hollow: the last value of an unfinished job
+            filled = job.status == COMPLETED  # hollow: pruned, or an unfinished job's last value
             ax.plot([x], [y], "o", color="C0", mfc="C0" if filled else "none", alpha=0.7)
             if len(scored) <= MAX_LEGEND:
                 ax.annotate(job.label, (x, y), xytext=(4, 4), textcoords="offset points")

@@ -11,7 +11,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmlab.records import override_key
+from lmlab.records import PRUNED, override_key
 from lmlab.report.jobs import SEED, STATUS_ORDER, Group, Job, Target, headline
 
 UNSET = "(unset)"  # a swept key that this job's overrides do not set
@@ -168,8 +168,10 @@ def best_group_text(groups: list[Group] | None, target: Target) -> str:
 
 def best_text(best: Job | None, target: Target, params: list[str]) -> str:
     if best is None:
-        return "No completed job has a value for the metric: no best job.\n"
+        return "No completed or pruned job has a value for the metric: no best job.\n"
     value = md_cell(best.metrics[target.metric])
+    if best.status == PRUNED:  # best_job chose it only for want of a completed one
+        value += f"; {best.error or 'pruned'}: no completed job has a value"
     values = best.override_values()
     swept = " ".join(f"{p}={values.get(p, UNSET)}" for p in params)
     return (
@@ -199,6 +201,7 @@ def best_yaml(best: Job, target: Target, groups: list[Group] | None = None) -> s
 
     record = {
         "job": best.name or best.num,
+        "status": best.status,  # pruned only when no job completed
         "metric": target.metric,
         "mode": target.mode,
         "value": best.metrics[target.metric],
