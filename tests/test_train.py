@@ -315,6 +315,22 @@ def test_the_final_evaluation_is_fits_last_when_that_ran_at_the_final_step(
     assert reused == validated and reused["global_step"] == 4
 
 
+def test_gradients_are_freed_once_applied(tmp_path, tiny_overrides, monkeypatch):
+    """No training step's forward pass holds the previous step's gradients (Lightning frees
+    them only after that forward): one model's worth of memory less at the peak."""
+    from lmlab.module import TaskModule
+
+    held, step = [], TaskModule.training_step
+
+    def recording(module, batch, batch_idx):
+        held.append(any(p.grad is not None for p in module.parameters()))
+        return step(module, batch, batch_idx)
+
+    monkeypatch.setattr(TaskModule, "training_step", recording)
+    run(["experiment=quickstart", *tiny_overrides("gpt2", steps=3)], tmp_path / "run")
+    assert held == [False, False, False]
+
+
 def test_resume_from_another_run_dir(resumed):
     b = resumed["b"]
     assert resumed["third"]["global_step"] == 10

@@ -91,6 +91,13 @@ class TaskModule(pl.LightningModule):
                 metric.update(value.detach(), weight)
                 self.log(f"{stage}/{name}", metric, batch_size=max(int(weight), 1))
 
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        """The gradients are freed as soon as they are applied: Lightning frees them only
+        after the next batch's forward pass, which then holds them (as much memory as the
+        model) beside its activations."""
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        optimizer.zero_grad(set_to_none=True)
+
     def training_step(self, batch, batch_idx):
         results = self.objective.step(self.model, batch)
         self._log_batch(results, "train")
