@@ -326,3 +326,25 @@ def test_model_config_values_typed_by_the_defaults(values, message):
     with pytest.raises(LmlabError, match=message):
         check_model_config(values, lmconfig.hf_config_defaults("gpt2"))
     check_model_config({"n_embd": 64, "resid_pdrop": 0.0, "n_inner": None}, {"n_embd": 768})
+
+
+def test_malloc_mmap_threshold_reaches_mallopt(monkeypatch):
+    """trainer.malloc_mmap_threshold is handed to glibc's mallopt(M_MMAP_THRESHOLD, bytes)
+    (2 MiB by default); null leaves malloc as it is; a bad value is one line naming the key."""
+    import ctypes
+
+    from lmlab import run
+
+    calls = []
+
+    class FakeLibc:
+        def mallopt(self, parameter, value):
+            calls.append((parameter, value))
+
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: FakeLibc())
+    default = compose(["experiment=quickstart"]).trainer.malloc_mmap_threshold
+    run.bound_heap(default)
+    run.bound_heap(None)
+    assert calls == [(-3, 2 * 1024 * 1024)]
+    with pytest.raises(LmlabError, match=r"trainer.malloc_mmap_threshold: expected a number"):
+        lmconfig.validate(compose(["experiment=quickstart", "trainer.malloc_mmap_threshold=0"]))

@@ -214,6 +214,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "trainer.limit_train_batches": (_limit, "an integer >= 0 or a fraction in [0, 1]"),
     "trainer.limit_val_batches": (_limit, "an integer >= 0 or a fraction in [0, 1]"),
     "trainer.log_every_n_steps": (at_least_one, "an integer >= 1"),
+    "trainer.malloc_mmap_threshold": (optional(at_least_one), "a number of bytes >= 1, or null"),
 }
 
 

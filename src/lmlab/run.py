@@ -12,6 +12,7 @@ trained = load("out/try")  # trained.objective, trained.model: for lmlab.predict
 
 from __future__ import annotations
 
+import ctypes
 import math
 import sys
 import tempfile
@@ -34,6 +35,8 @@ from lmlab.processes import (
 )
 from lmlab.runlock import hold as hold_run_dir
 from lmlab.stored import Stored, locate, run_config
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter (malloc.h)
 
 # ---------------------------------------------------------------- the Trainer
 
@@ -116,6 +119,7 @@ def train(cfg: DictConfig) -> dict:
     if not cfg.paths.run_dir:
         raise LmlabError("paths.run_dir: not set (from Python: compose(..., run_dir=...))")
     check_processes(cfg.trainer)
+    bound_heap(cfg.trainer.malloc_mmap_threshold)
     started = time.monotonic()
     # one writer per run dir; a signal saves a checkpoint at this step and stops (Interrupted);
     # library chatter goes to train.log
@@ -133,6 +137,14 @@ def train(cfg: DictConfig) -> dict:
         if trainer.is_global_zero:
             print(summary(exp, trainer, metrics, time.monotonic() - started), flush=True)
         return metrics
+
+
+def bound_heap(threshold: int | None) -> None:
+    """glibc's malloc serves buffers of at least `threshold` bytes from mappings of their own
+    (trainer.malloc_mmap_threshold); None, or a C library without mallopt: as it is."""
+    libc = ctypes.CDLL(None)  # the C library this process already uses
+    if threshold is not None and hasattr(libc, "mallopt"):
+        libc.mallopt(M_MMAP_THRESHOLD, threshold)
 
 
 def fit_and_export(exp: Experiment, trainer) -> dict:
