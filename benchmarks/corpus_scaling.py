@@ -9,6 +9,10 @@ work. For each size, in a fresh cache:
   start of the first training step (startup.py's `FirstStep` callback writes it), the whole
   process's wall and peak RSS.
 
+Then the run's own trained tokenizer alone (Rust, `encode_batch_fast` on batches of 2,000
+documents, its threads on every core) on the corpus's first 10 MB: the ceiling of the
+tokenization's MB/s, whatever lmlab does around it.
+
 Both runs skip the validation at the start and evaluate 2 batches (trainer.limit_val_batches=2:
 5% of a 2 GB corpus would take hours to evaluate); plots=false. Peak RSS: getrusage of the
 children, i.e. the largest single process (the lmlab-train process or one of its packing
@@ -100,7 +104,8 @@ def main() -> None:
             hit_wall, hit_rss, start = run([*common, *callback, "trainer.max_steps=1"], env)
             first_step = float(marker.read_text().split()[0]) - start
             marker.unlink()
-            rows.append((corpus.stat().st_size / 1e6, first, (first_step, hit_wall, hit_rss)))
+            hit = (first_step, hit_wall, hit_rss)
+            rows.append((corpus.stat().st_size / 1e6, first, hit, tokenizer_speed(base, corpus)))
             corpus.unlink()
             shutil.rmtree(base / "cache", ignore_errors=True)
             print_table(rows)
@@ -108,18 +113,32 @@ def main() -> None:
         shutil.rmtree(base, ignore_errors=True)
 
 
+def tokenizer_speed(base: Path, corpus: Path, megabytes: float = 10) -> float:
+    """MB/s of the trained tokenizer alone on the corpus's first `megabytes` MB."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(next(base.glob("cache/tokenizers/*/tokenizer.json"))))
+    with open(corpus, encoding="utf-8") as f:
+        text = f.read(int(megabytes * 1e6))
+    documents = text.split("\n\n")
+    start = time.perf_counter()
+    for i in range(0, len(documents), 2000):
+        tokenizer.encode_batch_fast(documents[i : i + 2000], add_special_tokens=False)
+    return len(text.encode()) / 1e6 / (time.perf_counter() - start)
+
+
 def print_table(rows) -> None:
     load = os.getloadavg()
     print(f"\n(load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, {os.cpu_count()} cores)")
     print(
         "| corpus | first run wall | MB/s | peak RSS "
-        "| cache hit: first step | cache hit wall | cache hit peak RSS |"
+        "| cache hit: first step | cache hit wall | cache hit peak RSS | tokenizer alone MB/s |"
     )
-    print("|---|---|---|---|---|---|---|")
-    for mb, (wall, rss), (first_step, hit_wall, hit_rss) in rows:
+    print("|---|---|---|---|---|---|---|---|")
+    for mb, (wall, rss), (first_step, hit_wall, hit_rss), tokenizer in rows:
         print(
             f"| {mb:,.0f} MB | {wall:.1f} s | {mb / wall:.1f} | {rss:,.0f} MiB "
-            f"| {first_step:.1f} s | {hit_wall:.1f} s | {hit_rss:,.0f} MiB |",
+            f"| {first_step:.1f} s | {hit_wall:.1f} s | {hit_rss:,.0f} MiB | {tokenizer:.1f} |",
             flush=True,
         )
 

@@ -333,7 +333,7 @@ def test_malloc_mmap_threshold_reaches_mallopt(monkeypatch):
     (2 MiB by default); null leaves malloc as it is; a bad value is one line naming the key."""
     import ctypes
 
-    from lmlab import run
+    from lmlab import memory
 
     calls = []
 
@@ -343,8 +343,8 @@ def test_malloc_mmap_threshold_reaches_mallopt(monkeypatch):
 
     monkeypatch.setattr(ctypes, "CDLL", lambda name: FakeLibc())
     default = compose(["experiment=quickstart"]).trainer.malloc_mmap_threshold
-    run.bound_heap(default)
-    run.bound_heap(None)
+    memory.bound_heap(default)
+    memory.bound_heap(None)
     assert calls == [(-3, 2 * 1024 * 1024)]
     with pytest.raises(LmlabError, match=r"trainer.malloc_mmap_threshold: expected a number"):
         lmconfig.validate(compose(["experiment=quickstart", "trainer.malloc_mmap_threshold=0"]))

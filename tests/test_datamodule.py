@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from types import SimpleNamespace
 
 import datasets
 import numpy as np
 import torch
 
-from lmlab.data.datamodule import DataModule, LengthGroupedSampler, lengths
+from lmlab.data.datamodule import DataModule, LengthGroupedSampler, lengths, load, store
 
 
 def batches(sampler, batch_size):
@@ -85,3 +86,22 @@ def test_cache_key_ignores_the_truncation_a_call_leaves_on_the_tokenizer(tiny_wo
     tiny_wordpiece.backend_tokenizer.no_truncation()
     tiny_wordpiece.backend_tokenizer.no_padding()
     assert dm.cache_key() == before
+
+
+def test_a_split_of_arrow_files_is_stored_by_linking_them(tmp_path):
+    """A split that is exactly the files datasets.map wrote is stored by linking those files
+    (nothing copied or read); one with selected rows is saved; both load the same rows."""
+    source = datasets.Dataset.from_dict({"text": [f"row {i}" for i in range(50)]})
+    source.save_to_disk(str(tmp_path / "source"))
+    mapped = datasets.load_from_disk(str(tmp_path / "source")).map(
+        lambda b: {"n": [len(t) for t in b["text"]]}, batched=True, batch_size=7, num_proc=2
+    )
+    for name, data in (("mapped", mapped), ("selected", mapped.select([3, 1, 4]))):
+        folder = tmp_path / name
+        folder.mkdir()
+        store(data, folder)
+        assert load(folder).to_dict() == data.to_dict()
+    linked = sorted((tmp_path / "mapped").glob("data-*.arrow"))
+    sources = [f["filename"] for f in mapped.cache_files]
+    assert [f.stat().st_ino for f in linked] == [os.stat(f).st_ino for f in sources]
+    assert not (tmp_path / "selected" / "arrow_files.json").exists()

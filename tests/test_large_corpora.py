@@ -140,3 +140,27 @@ def test_packing_in_processes_gives_full_int32_blocks(monkeypatch, tiny_bpe):
     assert blocks[:100] == list(alone["input_ids"][:100])
     assert abs(len(blocks) - len(alone)) <= 2
     assert blocks == list(base.pack(ds, tiny_bpe, 16, 0)["input_ids"])
+
+
+def resident_file_kib() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("RssFile"))
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="Linux's /proc: not here")
+def test_read_pages_of_a_mapped_corpus_are_released(tmp_path):
+    """Reading a memory-mapped file leaves its pages resident (in the process's RSS) until
+    release_mapped_pages drops them; the mapping still reads the same bytes afterwards."""
+    import mmap
+
+    from lmlab.memory import release_mapped_pages
+
+    path = tmp_path / "corpus.bin"
+    path.write_bytes(os.urandom(1024) * 32 * 1024)  # 32 MiB
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        before = resident_file_kib()
+        checksum = sum(mapped[i] for i in range(0, len(mapped), 4096))  # every page
+        assert resident_file_kib() - before > 30_000
+        release_mapped_pages([path])
+        assert resident_file_kib() - before < 2_000
+        assert sum(mapped[i] for i in range(0, len(mapped), 4096)) == checksum

@@ -12,7 +12,6 @@ trained = load("out/try")  # trained.objective, trained.model: for lmlab.predict
 
 from __future__ import annotations
 
-import ctypes
 import math
 import sys
 import tempfile
@@ -27,6 +26,7 @@ from lmlab.console import header, load_best_line, model_summary_callback, routed
 from lmlab.errors import LmlabError
 from lmlab.experiment import Data, Experiment, build_experiment, instantiate_plain, load_data
 from lmlab.interrupts import catch_signals
+from lmlab.memory import bound_heap
 from lmlab.processes import (
     check_processes,
     launch_children_as_this_job,
@@ -35,8 +35,6 @@ from lmlab.processes import (
 )
 from lmlab.runlock import hold as hold_run_dir
 from lmlab.stored import Stored, locate, run_config
-
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter (malloc.h)
 
 # ---------------------------------------------------------------- the Trainer
 
@@ -137,14 +135,6 @@ def train(cfg: DictConfig) -> dict:
         if trainer.is_global_zero:
             print(summary(exp, trainer, metrics, time.monotonic() - started), flush=True)
         return metrics
-
-
-def bound_heap(threshold: int | None) -> None:
-    """glibc's malloc serves buffers of at least `threshold` bytes from mappings of their own
-    (trainer.malloc_mmap_threshold); None, or a C library without mallopt: as it is."""
-    libc = ctypes.CDLL(None)  # the C library this process already uses
-    if threshold is not None and hasattr(libc, "mallopt"):
-        libc.mallopt(M_MMAP_THRESHOLD, threshold)
 
 
 def fit_and_export(exp: Experiment, trainer) -> dict:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
+import shutil
 import zlib
 from pathlib import Path
 
@@ -44,15 +46,13 @@ class DataModule(pl.LightningDataModule):
 
     def prepare_data(self) -> None:
         """Tokenizes every split once; later runs with the same inputs load the cache."""
-        import datasets
-
         folder = self.cache_dir / self.cache_key()
         for split in self.raw:
             path = folder / split
             if not path.is_dir():
                 processed = self.objective.preprocess(self.raw[split], split)
-                write_dir(path, lambda tmp, data=processed: data.save_to_disk(str(tmp)))
-            self.splits[split] = datasets.load_from_disk(str(path))
+                write_dir(path, lambda tmp, data=processed: store(data, tmp))
+            self.splits[split] = load(path)
 
     def setup(self, stage: str | None = None) -> None:
         if not self.splits:
@@ -122,6 +122,48 @@ class DataModule(pl.LightningDataModule):
         return self._loader("test", shuffle=False, by_length=True)
 
 
+FILES = "arrow_files.json"  # a split stored as the Arrow files it was written to
+
+
+def store(data, folder: Path) -> None:
+    """Writes a tokenized split into `folder`. A split that is exactly the Arrow files
+    `datasets.map` wrote (a packed corpus) is stored by linking them: nothing is copied or
+    read, where save_to_disk would read every page (gigabytes of RSS for a large corpus)."""
+    files = [Path(f["filename"]) for f in data.cache_files]
+    if not is_its_files(data, files):
+        data.save_to_disk(str(folder))
+        return
+    for k, file in enumerate(files):
+        target = folder / f"data-{k:05d}.arrow"
+        try:
+            os.link(file, target)
+        except OSError:  # another file system
+            shutil.copyfile(file, target)
+    names = [f"data-{k:05d}.arrow" for k in range(len(files))]
+    (folder / FILES).write_text(json.dumps(names), encoding="utf-8")
+
+
+def is_its_files(data, files: list[Path]) -> bool:
+    """Whether `data` is exactly the rows and columns of the Arrow `files`, in order."""
+    from datasets import Dataset
+
+    if not files or data._indices is not None:
+        return False
+    parts = [Dataset.from_file(str(f)) for f in files]
+    return sum(map(len, parts)) == len(data) and all(p.features == data.features for p in parts)
+
+
+def load(folder: Path):
+    """A split `store` wrote, memory-mapped."""
+    import datasets
+
+    if not (folder / FILES).is_file():
+        return datasets.load_from_disk(str(folder))
+    names = json.loads((folder / FILES).read_text(encoding="utf-8"))
+    parts = [datasets.Dataset.from_file(str(folder / name)) for name in names]
+    return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+
+
 def lengths(dataset) -> np.ndarray:
     """The number of input tokens of every row."""
     return pc.list_value_length(dataset.with_format("arrow")["input_ids"]).to_numpy()
@@ -144,8 +186,11 @@ class LengthGroupedSampler(Sampler[int]):
         return len(self.lengths)
 
     def __iter__(self):
+        return iter(self.order().tolist())
+
+    def order(self) -> np.ndarray:
         if not len(self.lengths):
-            return iter([])
+            return np.array([], dtype=np.int64)
         rng = np.random.default_rng([self.seed, self.epoch])
         order = rng.permutation(len(self.lengths))
         span = self.batch_size * self.window
@@ -156,7 +201,7 @@ class LengthGroupedSampler(Sampler[int]):
         ]
         last = [batches.pop()] if len(batches[-1]) < self.batch_size else []
         shuffled = [batches[i] for i in rng.permutation(len(batches))] + last
-        return iter(np.concatenate(shuffled).tolist())
+        return np.concatenate(shuffled)
 
 
 def batch_seed(seed: int, epoch: int, batch: int) -> int:
@@ -203,11 +248,13 @@ class ResumableSampler(Sampler[tuple[int, int]]):
             self.skip = 0
         self.epoch = epoch
 
-    def order(self) -> list[int]:
+    def order(self) -> np.ndarray:
+        """The epoch's row indices, as an array: a list of millions of Python ints (a large
+        corpus's blocks) would take hundreds of MB."""
         if self.grouped is not None:
             self.grouped.set_epoch(self.epoch)
-            return list(self.grouped)
-        return np.random.default_rng([self.seed, self.epoch]).permutation(self.size).tolist()
+            return self.grouped.order()
+        return np.random.default_rng([self.seed, self.epoch]).permutation(self.size)
 
     def __len__(self) -> int:
         return self.size
@@ -215,8 +262,9 @@ class ResumableSampler(Sampler[tuple[int, int]]):
     def __iter__(self):
         epoch, start = self.epoch, self.skip * self.batch_size
         self.skip = 0
-        for position, index in enumerate(self.order()[start:], start):
-            yield index, batch_seed(self.seed, epoch, position // self.batch_size)
+        order = self.order()
+        for position in range(start, len(order)):
+            yield int(order[position]), batch_seed(self.seed, epoch, position // self.batch_size)
 
     def resume_at(self, epoch: int, batches: int, epoch_batches: float) -> None:
         """The next pass starts after `batches` batches of `epoch` (of `epoch_batches`)."""

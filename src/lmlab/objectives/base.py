@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from lmlab.errors import LmlabError
+from lmlab.memory import release_mapped_pages
 
 Metrics = dict[str, tuple[torch.Tensor, float]]  # name -> (mean over the batch, weight)
 IGNORE = -100  # the label of positions outside the loss (Hugging Face's ignore_index)
@@ -177,8 +178,10 @@ def pack(dataset, tokenizer, block_size: int, separator_id: int, prefix=(), suff
     if block_size < 2:
         raise LmlabError(f"data.max_length: {block_size} leaves no room for text")
     backend = tokenizer.backend_tokenizer  # the Rust tokenizer: ids without offsets
+    sources = [f["filename"] for f in dataset.cache_files]  # the corpus, memory-mapped
 
     def pack_batch(batch):
+        release_mapped_pages(sources)  # the pages read so far: RSS stays flat
         encoded = backend.encode_batch_fast(batch["text"], add_special_tokens=False)
         docs = [e.ids for e in encoded]
         sizes = np.fromiter(map(len, docs), np.int64, len(docs))
