@@ -94,6 +94,7 @@ def build_experiment(cfg: DictConfig, data: Data | None = None) -> Experiment:
 
     from lmlab import adapters, models, tokenizers
     from lmlab.data.datamodule import DataModule
+    from lmlab.memory import releasing
     from lmlab.module import TaskModule
 
     cfg = resolve(cfg)
@@ -107,7 +108,8 @@ def build_experiment(cfg: DictConfig, data: Data | None = None) -> Experiment:
     objective_class = get_class(cfg.objective._target_)
     check_columns(objective_class, raw, cfg.data)
     sampled = tokenizers.sample(raw["train"], cfg.model.tokenizer.sample_mb, cfg.seed)
-    corpus = objective_class.texts(sampled)
+    mapped = [f["filename"] for f in sampled.cache_files]  # read only to train a tokenizer
+    corpus = releasing(objective_class.texts(sampled), mapped)
     tokenizer = tokenizers.load_or_train(cfg.model, corpus, fingerprint, cfg.paths.cache_dir)
     objective = objective_class(cfg.objective, tokenizer, cfg.data.max_length, cfg.seed)
     objective.prepare(raw)

@@ -4,8 +4,10 @@ elsewhere both functions do nothing):
 - `bound_heap`: glibc's malloc serves large CPU buffers from mappings of their own, given back
   when freed, instead of a heap that keeps freed activations it cannot reuse
   (trainer.malloc_mmap_threshold);
-- `release_mapped_pages`: a pass over a memory-mapped corpus drops the pages it has read, which
-  would otherwise stay resident (and counted in its RSS) until memory runs short.
+- `release_mapped_pages` (and `releasing`, over an iteration): a pass over a memory-mapped
+  corpus drops the pages it has read, which would otherwise stay resident (and counted in its
+  RSS) until memory runs short. Reading a sample of rows scattered over a corpus reads most
+  of its pages (each batch of rows spans a stretch of the file).
 """
 
 from __future__ import annotations
@@ -43,3 +45,12 @@ def release_mapped_pages(paths) -> None:
         if len(fields) == 6 and fields[5].rstrip("\n") in wanted:
             start, end = (int(x, 16) for x in fields[0].split("-"))
             libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), MADV_DONTNEED)
+
+
+def releasing(rows, paths, every: int = 1000):
+    """`rows`, one by one, dropping the pages of the memory-mapped `paths` every `every` rows."""
+    for i, row in enumerate(rows):
+        if i % every == 0:
+            release_mapped_pages(paths)
+        yield row
+    release_mapped_pages(paths)

@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from lmlab.fileutil import write_dir
+from lmlab.memory import release_mapped_pages
 
 
 class DataModule(pl.LightningDataModule):
@@ -159,8 +160,9 @@ def load(folder: Path):
 
     if not (folder / FILES).is_file():
         return datasets.load_from_disk(str(folder))
-    names = json.loads((folder / FILES).read_text(encoding="utf-8"))
-    parts = [datasets.Dataset.from_file(str(folder / name)) for name in names]
+    files = [folder / name for name in json.loads((folder / FILES).read_text(encoding="utf-8"))]
+    parts = [datasets.Dataset.from_file(str(file)) for file in files]
+    release_mapped_pages(files)  # opening a stream reads part of its pages (15% measured)
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
 
 

@@ -20,6 +20,7 @@ from lmlab.data.sources.checks import Bad, BadRows, Where
 from lmlab.data.sources.settings import SPLITS, STRING_COLUMNS, mapped_columns
 from lmlab.errors import LmlabError
 from lmlab.fileutil import write_dir, write_json
+from lmlab.memory import release_mapped_pages
 
 # In the key of a text file's cached documents: another version converts the files again.
 TEXT_CACHE_VERSION = 1
@@ -149,6 +150,7 @@ def _read_text(key, spec, paths, cfg, bad, cache_dir):
     where = Where()
     where.add(info["rows"], lambda i: f"{spec}: document {i}")
     ds = Dataset.from_file(str(folder / "documents.arrow"))
+    release_mapped_pages([folder / "documents.arrow"])  # opening it read some of its pages
     identity = [[str(p), size, digest] for (p, size, _), digest in zip(files, info["sha1"])]
     return ds, where, identity
 
