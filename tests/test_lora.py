@@ -105,7 +105,7 @@ def test_training_changes_only_adapters_and_head_and_the_merged_export_is_the_mo
     the trained LoRA model's logits."""
     run_dir = tmp_path / "run"
     overrides = lora("sequence_classification", "trainer.limit_val_batches=1")
-    overrides.append("keep_checkpoints=true")
+    overrides += ["keep_checkpoints=true", "load_best=false"]  # the export: last.ckpt's weights
     cfg = compose(overrides, run_dir=str(run_dir))
     start = {n: t.clone() for n, t in build_experiment(cfg).model.state_dict().items()}
     metrics = train_quietly(overrides, run_dir)
