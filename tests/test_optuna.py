@@ -236,6 +236,7 @@ def pruned_search(tiny, lmlab_cache_dir, tmp_path_factory):
     return sweep, first, again, before
 
 
+@pytest.mark.slow  # the pruned search fixture: ~25 s on 2 cores
 def test_a_poor_trial_is_pruned_early(pruned_search):
     sweep, first, _, _ = pruned_search
     jobs = statuses(sweep)
@@ -253,6 +254,7 @@ def test_a_poor_trial_is_pruned_early(pruned_search):
     assert "lmlab-train: error" not in first.stderr  # a pruned trial is no failure
 
 
+@pytest.mark.slow  # the pruned search fixture: ~25 s on 2 cores
 def test_the_same_command_continues_the_study(pruned_search):
     sweep, first, again, before = pruned_search
     assert "trials: 1 complete, 1 pruned" in first.stdout + first.stderr
@@ -314,6 +316,7 @@ def test_a_killed_search_run_again_resumes_its_trial(tiny_overrides, env):
 # ---------------------------------------------------------------- optuna-dashboard
 
 
+@pytest.mark.slow  # the pruned search fixture: ~25 s on 2 cores
 def test_optuna_dashboard_shows_the_study(pruned_search, tmp_path):
     reason = browser.missing()
     if reason and os.environ.get("LMLAB_REQUIRE_BROWSER"):

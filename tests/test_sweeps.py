@@ -189,6 +189,7 @@ def test_optuna_search_survives_failed_trials_and_prints_the_best(tiny, env):
     assert f"lmlab-train: error: {len(failed)} of 3 jobs failed" in proc.stderr
 
 
+@pytest.mark.slow  # ~15 s on 2 cores
 def test_submitit_local_runs_a_job(tiny, env):
     args = ["-m", *tiny, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5"]
     proc = lmlab_train([*args, "objective.lr=1e-3"], env)
