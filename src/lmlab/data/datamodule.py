@@ -75,6 +75,7 @@ class DataModule(pl.LightningDataModule):
         }
         if shuffle:
             grouped = lengths(data) if self.cfg.group_by_length else None
+            release_mapped_pages(f["filename"] for f in data.cache_files)  # what that read
             sampler = ResumableSampler(len(data), size, seed, grouped)
             return ResumableLoader(
                 Keyed(data), sampler=sampler, collate_fn=self._seeded_collate,
