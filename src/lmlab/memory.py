@@ -7,7 +7,8 @@ elsewhere both functions do nothing):
 - `release_mapped_pages` (and `releasing`, over an iteration): a pass over a memory-mapped
   corpus drops the pages it has read, which would otherwise stay resident (and counted in its
   RSS) until memory runs short. Reading a sample of rows scattered over a corpus reads most
-  of its pages (each batch of rows spans a stretch of the file).
+  of its pages (each batch of rows spans a stretch of the file), and opening an Arrow file
+  reads ~15% of them (`open_mapped`).
 """
 
 from __future__ import annotations
@@ -45,6 +46,16 @@ def release_mapped_pages(paths) -> None:
         if len(fields) == 6 and fields[5].rstrip("\n") in wanted:
             start, end = (int(x, 16) for x in fields[0].split("-"))
             libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), MADV_DONTNEED)
+
+
+def open_mapped(paths) -> list:
+    """The Arrow files `paths` as memory-mapped Datasets, without the pages opening them read."""
+    from datasets import Dataset
+
+    paths = list(paths)
+    parts = [Dataset.from_file(str(path)) for path in paths]
+    release_mapped_pages(paths)
+    return parts
 
 
 def releasing(rows, paths, every: int = 1000):

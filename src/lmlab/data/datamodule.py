@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from lmlab.fileutil import write_dir
-from lmlab.memory import release_mapped_pages
+from lmlab.memory import open_mapped, release_mapped_pages
 
 
 class DataModule(pl.LightningDataModule):
@@ -135,24 +135,20 @@ def store(data, folder: Path) -> None:
     if not is_its_files(data, files):
         data.save_to_disk(str(folder))
         return
-    for k, file in enumerate(files):
-        target = folder / f"data-{k:05d}.arrow"
-        try:
-            os.link(file, target)
-        except OSError:  # another file system
-            shutil.copyfile(file, target)
     names = [f"data-{k:05d}.arrow" for k in range(len(files))]
+    for file, name in zip(files, names):
+        try:
+            os.link(file, folder / name)
+        except OSError:  # another file system
+            shutil.copyfile(file, folder / name)
     (folder / FILES).write_text(json.dumps(names), encoding="utf-8")
 
 
 def is_its_files(data, files: list[Path]) -> bool:
     """Whether `data` is exactly the rows and columns of the Arrow `files`, in order."""
-    from datasets import Dataset
-
     if not files or data._indices is not None:
         return False
-    parts = [Dataset.from_file(str(f)) for f in files]
-    release_mapped_pages(files)  # opening a stream reads part of its pages (15% measured)
+    parts = open_mapped(files)
     return sum(map(len, parts)) == len(data) and all(p.features == data.features for p in parts)
 
 
@@ -163,9 +159,7 @@ def load(folder: Path):
     if not (folder / FILES).is_file():
         return datasets.load_from_disk(str(folder))
     names = json.loads((folder / FILES).read_text(encoding="utf-8"))
-    files = [folder / Path(name).name for name in names]  # files of this folder only
-    parts = [datasets.Dataset.from_file(str(file)) for file in files]
-    release_mapped_pages(files)
+    parts = open_mapped(folder / Path(name).name for name in names)  # files of this folder only
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
 
 

@@ -20,7 +20,7 @@ from lmlab.data.sources.checks import Bad, BadRows, Where
 from lmlab.data.sources.settings import SPLITS, STRING_COLUMNS, mapped_columns
 from lmlab.errors import LmlabError
 from lmlab.fileutil import write_dir, write_json
-from lmlab.memory import release_mapped_pages
+from lmlab.memory import open_mapped
 
 # In the key of a text file's cached documents: another version converts the files again.
 TEXT_CACHE_VERSION = 1
@@ -134,7 +134,6 @@ def _read_text(key, spec, paths, cfg, bad, cache_dir):
     cached by the files' path, size and mtime_ns (a later run reads none of the text); the
     identity holds each file's sha1, hashed while converting, so that a file touched or
     copied anew, with the same content, keeps the tokenizer and the tokenized data cached."""
-    from datasets import Dataset
 
     files = [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in paths]
     settings = [TEXT_CACHE_VERSION, files, cfg.documents, cfg.encoding, bad.skip]
@@ -149,8 +148,7 @@ def _read_text(key, spec, paths, cfg, bad, cache_dir):
         raise LmlabError(f"{key}: no non-empty documents in {spec!r}")
     where = Where()
     where.add(info["rows"], lambda i: f"{spec}: document {i}")
-    ds = Dataset.from_file(str(folder / "documents.arrow"))
-    release_mapped_pages([folder / "documents.arrow"])  # opening it read some of its pages
+    (ds,) = open_mapped([folder / "documents.arrow"])
     identity = [[str(p), size, digest] for (p, size, _), digest in zip(files, info["sha1"])]
     return ds, where, identity
 
