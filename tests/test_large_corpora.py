@@ -167,3 +167,22 @@ def test_read_pages_of_a_mapped_corpus_are_released(tmp_path):
         pages = (mapped[i] for i in range(0, len(mapped), 4096))
         assert sum(releasing(pages, [path], every=512)) == checksum  # the same bytes
         assert resident_file_kib() - before < 2_000
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="Linux's /proc: not here")
+def test_measuring_a_mapped_corpus_reads_none_of_it(tmp_path):
+    """data_mb decides how to sample and pack a corpus: it must not map the corpus into RSS
+    (Arrow's nbytes maps the whole of this file, 1000 chunks)."""
+    from datasets import Dataset
+
+    from lmlab.data.sources.splits import data_mb
+    from lmlab.memory import open_mapped
+
+    path = tmp_path / "documents.arrow"
+    docs = Dataset.from_dict({"text": ["word " * 80] * 50_000})
+    docs.map(batched=True, writer_batch_size=50, cache_file_name=str(path))
+    (mapped,) = open_mapped([path])
+    before = resident_file_kib()
+    assert data_mb(mapped) == pytest.approx(path.stat().st_size / 1e6, rel=0.02)
+    assert data_mb(mapped.select(range(25_000))) == pytest.approx(data_mb(mapped) / 2, rel=0.02)
+    assert resident_file_kib() - before < 2_000

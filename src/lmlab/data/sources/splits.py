@@ -119,9 +119,10 @@ def fingerprint(cfg, seed, identity) -> str:
 
 
 def data_mb(ds) -> float:
-    """The megabytes of ds's Arrow data (of its rows, when rows are selected): without
-    reading them."""
-    return ds.data.nbytes * len(ds) / max(len(ds.data), 1) / 1e6
+    """The megabytes of ds's Arrow data (of its rows, when rows are selected), from the sizes
+    of its buffers: Arrow's `nbytes` reads the offsets of every chunk, which maps ~18% of a
+    memory-mapped corpus into RSS (measured: 367 MiB of a 2 GB one)."""
+    return ds.data.table.get_total_buffer_size() * len(ds) / max(len(ds.data), 1) / 1e6
 
 
 def derive(ds, *steps) -> str:
