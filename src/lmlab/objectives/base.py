@@ -203,6 +203,8 @@ def pack(dataset, tokenizer, block_size: int, separator_id: int, prefix=(), suff
         features=Features({"input_ids": List(Value("int32"))}),
         num_proc=PACK_PROCESSES if data_mb(dataset) > PARALLEL_MB else None,
     )
+    # the workers' files, opened again here to join them: opening read ~15% of each
+    release_mapped_pages(f["filename"] for f in packed.cache_files)
     if len(packed) == 0:
         raise LmlabError(
             f"data.max_length: the corpus yields no full block of {block_size} tokens; "
