@@ -137,11 +137,15 @@ def build_experiment(cfg: DictConfig, data: Data | None = None) -> Experiment:
 def tokenizer_corpus(cfg: DictConfig, objective_class, raw):
     """The texts a tokenizer trained from scratch would learn from (read only then), once the
     splits are checked to have the objective's columns. A stream (data.source=litdata) holds
-    blocks, not text: its tokenizer is a pretrained one (lmlab.config.validate insists)."""
+    blocks, not text, for objectives that pack (checked here); its tokenizer is a pretrained
+    one (lmlab.config.validate insists)."""
     from lmlab import tokenizers
     from lmlab.memory import release_mapped_pages, releasing
 
     if cfg.data.source == "litdata":
+        from lmlab.data.streaming import check_objective
+
+        check_objective(objective_class)
         return ()
     check_columns(objective_class, raw, cfg.data)
     sampled = tokenizers.sample(raw["train"], cfg.model.tokenizer.sample_mb, cfg.seed)

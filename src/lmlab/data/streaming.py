@@ -107,16 +107,22 @@ def check_blocks(dataset, key: str, objective, max_length: int) -> None:
         )
 
 
+def check_objective(objective_class) -> None:
+    """The objective trains on packed blocks (it has `packing`): what a stream holds."""
+    from lmlab.objectives.base import Objective
+
+    if objective_class.packing is Objective.packing:
+        raise LmlabError(
+            f"data.source: litdata streams packed blocks, which objective "
+            f"{objective_class.__name__} does not train on (clm and mlm do)"
+        )
+
+
 class StreamingDataModule(DataModule):
     """The DataModule of data.source=litdata: the splits are LitData streams of blocks, read
     through StreamingDataLoader (no tokenizing, no cache of lmlab's)."""
 
     def __init__(self, raw, fingerprint, objective, data_cfg, cache_dir):
-        if objective.packing() is None:
-            raise LmlabError(
-                f"data.source: litdata streams packed blocks, which objective "
-                f"{objective.cfg.name} does not train on (it serves clm and mlm)"
-            )
         super().__init__(raw, fingerprint, objective, data_cfg, cache_dir)
         self.streams_cache = cache_dir
 
