@@ -274,7 +274,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     )
     opt.add_argument("--documents", default="blank_line", choices=("blank_line", "line", "file"))
     opt.add_argument("--encoding", default="utf-8")
-    opt.add_argument("--num-workers", type=int, default=1, help="processes (>1: any order)")
+    opt.add_argument(
+        "--num-workers",
+        type=int,
+        default=1,
+        help="inputs packed at a time (1: blocks in input order)",
+    )
     opt.add_argument("--chunk-bytes", default="64MB", help="size of each stored chunk")
     return parser.parse_args(argv)
 
