@@ -21,6 +21,11 @@ REQUIRED = {
     "model=hf": ["model.name_or_path=some/model"],
     "data=files": ["data.train=corpus.txt"],
     "data=hub": ["data.hub_name=some/dataset"],
+    "data=litdata": [
+        "data.train=blocks/train",
+        "data.validation=blocks/valid",
+        "model.tokenizer.name_or_path=tokenizer",
+    ],
 }
 SCHEMAS = {
     "model": lmconfig.ModelConfig,
@@ -67,8 +72,7 @@ def test_option_composes_against_its_schema(choice, tmp_path):
         assert plain["name"] == option  # run dirs go under <output_dir>/<name>/
     assert plain["paths"]["run_dir"] == str(tmp_path)
     for key, value in (o.split("=", 1) for o in REQUIRED.get(choice, [])):
-        section, name = key.split(".")
-        assert plain[section][name] == value
+        assert OmegaConf.select(cfg, key) == value
     lmconfig.validate(cfg)  # shipped architecture keys are all known to Hugging Face
 
 

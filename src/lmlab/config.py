@@ -211,8 +211,10 @@ class ColumnsConfig:
 @dataclass
 class DataConfig:
     name: str = MISSING
-    source: str = "files"  # files | hub | pydoc
-    train: str | None = None  # files: path, directory or glob; hub: split name
+    source: str = "files"  # files | hub | pydoc | litdata
+    # files: path, directory or glob; hub: split name; litdata: an optimized dataset (a
+    # directory or a URL LitData streams from: s3://, gs://, ...), as validation and test
+    train: str | None = None
     validation: str | None = None
     test: str | None = None
     format: str = "auto"  # auto | text | csv | tsv | json | jsonl | conll | squad
@@ -399,14 +401,23 @@ def _local_model_type(name_or_path: str | None) -> str | None:
 def validate(cfg: DictConfig) -> None:
     """Checks what the schemas cannot: every setting's range (lmlab.config_checks), and
     architecture keys and values against the Hugging Face config class."""
+    source = cfg.data.source
+    stream = "an optimized LitData dataset (a directory or an s3://, gs://, ... URL)"
     required = [
         ("model.name_or_path", cfg.model.model_type == "auto", "a hub name or a local directory"),
-        ("data.train", cfg.data.source == "files", "a file, directory or glob"),
-        ("data.hub_name", cfg.data.source == "hub", "a dataset name or a local directory"),
+        ("data.train", source == "files", "a file, directory or glob"),
+        ("data.hub_name", source == "hub", "a dataset name or a local directory"),
+        ("data.train", source == "litdata", stream),
+        ("data.validation", source == "litdata", stream + " of held-out text"),
     ]
     for key, needed, what in required:
         if needed and OmegaConf.select(cfg, key) is None:
             raise LmlabError(f"{key}: required here; set it to {what} ({key}=...)")
+    if source == "litdata" and not (cfg.model.tokenizer.name_or_path or cfg.model.name_or_path):
+        raise LmlabError(
+            "model.tokenizer.name_or_path: required with data.source=litdata (no tokenizer is "
+            "trained from a stream); set it to the tokenizer the data was optimized with"
+        )
     check_known_keys(cfg)
     check_settings(cfg)
     model = cfg.model

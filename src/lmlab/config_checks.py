@@ -47,7 +47,7 @@ PRECISIONS = (
 )
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "tpu", "auto")
 # The data choices, here (no heavy imports) for the checks at start-up and for lmlab.data.sources.
-SOURCES = ("files", "hub", "pydoc")
+SOURCES = ("files", "hub", "pydoc", "litdata")
 FORMATS = ("auto", "text", "csv", "tsv", "json", "jsonl", "conll", "squad")
 DOCUMENTS = ("blank_line", "line", "file")
 
@@ -185,7 +185,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "objective.decoding.top_k": (lambda v: _int(v) and v >= 0, "an integer >= 0"),
     "objective.decoding.top_p": (lambda v: _num(v) and 0 < v <= 1, "a number in (0, 1]"),
     "objective.decoding.repetition_penalty": (positive, "a number > 0"),
-    "data.source": (one_of(*SOURCES), "files, hub or pydoc"),
+    "data.source": (one_of(*SOURCES), "files, hub, pydoc or litdata"),
     "data.format": (one_of(*FORMATS), "one of " + ", ".join(FORMATS)),
     "data.documents": (one_of(*DOCUMENTS), "blank_line, line or file"),
     "data.delimiter": (_delimiter, "one character (\\t: tab)"),

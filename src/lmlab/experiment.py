@@ -83,6 +83,11 @@ def load_data(cfg: DictConfig) -> Data:
     from lmlab.data.sources import load_source
 
     seed_everything(cfg.seed)
+    if cfg.data.source == "litdata":  # streams of packed blocks, not rows of text
+        from lmlab.data.streaming import load_streams
+
+        raw, fingerprint = load_streams(cfg.data, cfg.seed, cfg.paths.cache_dir)
+        return Data(cfg.data, cfg.seed, raw, fingerprint)
     raw, fingerprint = load_source(cfg.data, cfg.seed, cfg.paths.cache_dir)
     return Data(cfg.data, cfg.seed, raw, fingerprint)
 
@@ -93,8 +98,6 @@ def build_experiment(cfg: DictConfig, data: Data | None = None) -> Experiment:
     from hydra.utils import get_class
 
     from lmlab import adapters, models, tokenizers
-    from lmlab.data.datamodule import DataModule
-    from lmlab.memory import release_mapped_pages, releasing
     from lmlab.module import TaskModule
 
     cfg = resolve(cfg)
@@ -106,18 +109,16 @@ def build_experiment(cfg: DictConfig, data: Data | None = None) -> Experiment:
     if cfg.test and "test" not in raw:
         raise LmlabError("test: true, but the data has no test split (set data.test)")
     objective_class = get_class(cfg.objective._target_)
-    check_columns(objective_class, raw, cfg.data)
-    sampled = tokenizers.sample(raw["train"], cfg.model.tokenizer.sample_mb, cfg.seed)
-    mapped = [f["filename"] for f in sampled.cache_files]  # read only to train a tokenizer
-    release_mapped_pages(mapped)  # what sampling read (20% of a 2 GB corpus, measured)
-    corpus = releasing(objective_class.texts(sampled), mapped)
+    corpus = tokenizer_corpus(cfg, objective_class, raw)
     tokenizer = tokenizers.load_or_train(cfg.model, corpus, fingerprint, cfg.paths.cache_dir)
     objective = objective_class(cfg.objective, tokenizer, cfg.data.max_length, cfg.seed)
     objective.prepare(raw)
     check_monitor(cfg.objective.monitor, objective, raw)
     head, extra = objective.head, objective.model_config()
     model, new = models.load_or_create(cfg.model, head, tokenizer, extra)
-    datamodule = DataModule(raw, fingerprint, objective, cfg.data, cfg.paths.cache_dir)
+    datamodule = datamodule_class(cfg.data)(
+        raw, fingerprint, objective, cfg.data, cfg.paths.cache_dir
+    )
     notes = start_from_pretrained(cfg.model, model, new, objective, datamodule)
     model = adapters.wrap(model, cfg.objective, head, new)  # objective.peft: head set
     if cfg.trainer.compile:
@@ -131,6 +132,37 @@ def build_experiment(cfg: DictConfig, data: Data | None = None) -> Experiment:
         datamodule=datamodule,
         notes=notes,
     )
+
+
+def tokenizer_corpus(cfg: DictConfig, objective_class, raw):
+    """The texts a tokenizer trained from scratch would learn from (read only then), once the
+    splits are checked to have the objective's columns. A stream (data.source=litdata) holds
+    blocks, not text, for objectives that pack (checked here); its tokenizer is a pretrained
+    one (lmlab.config.validate insists)."""
+    from lmlab import tokenizers
+    from lmlab.memory import release_mapped_pages, releasing
+
+    if cfg.data.source == "litdata":
+        from lmlab.data.streaming import check_objective
+
+        check_objective(objective_class)
+        return ()
+    check_columns(objective_class, raw, cfg.data)
+    sampled = tokenizers.sample(raw["train"], cfg.model.tokenizer.sample_mb, cfg.seed)
+    mapped = [f["filename"] for f in sampled.cache_files]  # read only to train a tokenizer
+    release_mapped_pages(mapped)  # what sampling read (20% of a 2 GB corpus, measured)
+    return releasing(objective_class.texts(sampled), mapped)
+
+
+def datamodule_class(data_cfg):
+    """lmlab's DataModule, or for a LitData stream its StreamingDataModule."""
+    if data_cfg.source == "litdata":
+        from lmlab.data.streaming import StreamingDataModule
+
+        return StreamingDataModule
+    from lmlab.data.datamodule import DataModule
+
+    return DataModule
 
 
 def check_columns(objective_class, raw, data_cfg) -> None:

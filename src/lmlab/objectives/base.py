@@ -69,6 +69,12 @@ class Objective:
     def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def packing(self) -> dict | None:
+        """How `preprocess` packs documents into blocks: `pack`'s settings (block_size,
+        separator_id, prefix, suffix); None for an objective that does not pack (its inputs
+        are not blocks, so it cannot train on pre-packed streams: lmlab.data.streaming)."""
+        return None
+
     def fingerprint(self) -> dict:
         """Everything `preprocess` depends on besides the data and the tokenizer."""
         return {"objective": type(self).__name__, "max_length": self.max_length, "seed": self.seed}

@@ -28,7 +28,10 @@ class CausalLM(Objective):
 
     def preprocess(self, dataset, split: str):
         self.check_columns(dataset)
-        return pack(dataset, self.tokenizer, self.max_length, self.tokenizer.eos_token_id)
+        return pack(dataset, self.tokenizer, **self.packing())
+
+    def packing(self) -> dict:
+        return {"block_size": self.max_length, "separator_id": self.tokenizer.eos_token_id}
 
     def collate(self, features):
         batch = self.pad(features, {"input_ids": self.tokenizer.pad_token_id})

@@ -102,15 +102,17 @@ class MaskedLM(Objective):
 
     def preprocess(self, dataset, split: str):
         self.check_columns(dataset)
+        return pack(dataset, self.tokenizer, **self.packing())
+
+    def packing(self) -> dict:
+        """[CLS] block [SEP]: max_length tokens in all."""
         tok = self.tokenizer
-        return pack(
-            dataset,
-            tok,
-            self.max_length - 2,
-            tok.sep_token_id,
-            prefix=[tok.cls_token_id],
-            suffix=[tok.sep_token_id],
-        )
+        return {
+            "block_size": self.max_length - 2,
+            "separator_id": tok.sep_token_id,
+            "prefix": [tok.cls_token_id],
+            "suffix": [tok.sep_token_id],
+        }
 
     def collate(self, features):
         batch = self.pad(features, {"input_ids": self.tokenizer.pad_token_id})

@@ -41,6 +41,9 @@ Sources (``data.source``):
   ``text``. It has no splits of its own, so ``data.train/validation/test`` are ignored and
   validation is carved off train.
 
+- ``litdata``: not a source of rows: LitData streams of packed token blocks, read by
+  ``lmlab.data.streaming`` (docs/large_corpora.md).
+
 ``data.columns.<canonical>=<source column>`` renames columns. Then every row is checked,
 whatever the source, and each row knows where it came from (``file:line``; ``file: record
 N`` in a JSON array; ``file: article A, paragraph P, question ID`` in SQuAD; ``name[split]
