@@ -11,6 +11,7 @@ import re
 import shlex
 import subprocess
 import sys
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -163,6 +164,19 @@ def test_a_dataset_without_input_ids_is_named(corpus, tmp_path):
 
 def texts_of(index: int):
     yield {"text": f"document {index}"}
+
+
+def test_a_pickled_dataset_is_refused_before_any_item_is_read(corpus, tmp_path):
+    litdata.optimize(
+        fn=pickled_of, inputs=[0, 1], output_dir=str(tmp_path / "pickled"), chunk_bytes="1MB",
+        num_workers=1, start_method=streaming.START_METHOD, verbose=False,
+    )  # fmt: skip
+    message = error_of([*overrides(corpus, 1), f"data.train={tmp_path / 'pickled'}"], tmp_path)
+    assert message.startswith("data.train: items stored as 'pickle'; lmlab reads only plain data")
+
+
+def pickled_of(index: int):
+    yield {"input_ids": Fraction(index, 3)}  # no serializer of its own: LitData pickles it
 
 
 def test_the_optimize_command_fails_in_one_line(corpus, tmp_path):

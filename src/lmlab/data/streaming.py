@@ -55,9 +55,34 @@ def open_dataset(spec: str, key: str, cache_dir=None, **settings):
     # remote chunks are cached under lmlab's cache dir; local ones are read in place
     cache = str(Path(cache_dir).expanduser() / "streams") if cache_dir and is_url(spec) else None
     try:
-        return StreamingDataset(spec, cache_dir=cache, **settings)
+        dataset = StreamingDataset(spec, cache_dir=cache, **settings)
     except (OSError, ValueError) as e:
         raise LmlabError(f"{key}: cannot open {spec!r} as a LitData dataset ({e})") from None
+    check_stored_as_data(dataset, key)
+    return dataset
+
+
+# LitData decodes each field with the serializer its index.json names; these read plain data
+# (arrays through np/torch.frombuffer, UTF-8 text, numbers). Others (pickle, and those that
+# fall back to it) could run code of the dataset author's choosing when an item is read.
+DATA_FORMATS = ("no_header_numpy", "numpy", "no_header_tensor", "tensor")
+DATA_FORMATS += ("str", "text", "int", "float", "bool", "bytes")
+
+
+def check_stored_as_data(dataset, key: str) -> None:
+    """The dataset's items are read without unpickling anything (stored files are data, never
+    code); checked on its index.json, before any item is read."""
+    index = Path(dataset.input_dir.path or "", "index.json")
+    try:
+        formats = json.loads(index.read_text(encoding="utf-8"))["config"]["data_format"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise LmlabError(f"{key}: cannot read how its items are stored ({index})") from None
+    unsafe = [f for f in formats if str(f).split(":")[0] not in DATA_FORMATS]
+    if unsafe:
+        raise LmlabError(
+            f"{key}: items stored as {unsafe[0]!r}; lmlab reads only plain data (arrays of "
+            "token ids), never pickled objects, which could run code"
+        )
 
 
 def load_streams(data_cfg, seed: int, cache_dir=None) -> tuple[dict, str]:
