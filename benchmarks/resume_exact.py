@@ -60,6 +60,8 @@ KILLS = {  # name -> (KillAt overrides, extra run overrides)
     "mid-epoch": (["+callbacks.kill.batch=10"], []),
     "epoch-boundary": (["+callbacks.kill.batch=7"], []),
     "validation": (["+callbacks.kill.batch=3", "+callbacks.kill.validation=true"], []),
+    # by epochs: Lightning builds the training loader before restoring the checkpoint then
+    "mid-epoch, max_epochs": (["+callbacks.kill.batch=10"], ["trainer.max_epochs=2"]),
     "mid-accumulation": (
         ["+callbacks.kill.batch=6", "+callbacks.kill.save=true"],
         ["trainer.accumulate_grad_batches=4", "trainer.max_steps=6"],

@@ -200,7 +200,11 @@ def bench(tmp_path_factory):
 
 @pytest.mark.parametrize(
     "objective, kill, workers",
-    [("clm", "mid-epoch", 0), ("mlm-wwm", "mid-accumulation", 0)],
+    [
+        ("clm", "mid-epoch", 0),
+        ("clm", "mid-epoch, max_epochs", 0),
+        ("mlm-wwm", "mid-accumulation", 0),
+    ],
 )
 def test_a_killed_run_re_run_ends_bit_identical(bench, objective, kill, workers):
     module, root, data, references = bench

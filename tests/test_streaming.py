@@ -81,7 +81,7 @@ def test_optimized_blocks_are_packs_blocks(corpus, tmp_path):
     assert set(mlm[:, 0]) == {2} and set(mlm[:, -1]) == {3}  # [CLS] ... [SEP]
 
 
-def overrides(corpus, steps: int = 6) -> list[str]:
+def overrides(corpus, steps: int = 6, epochs: int | None = None) -> list[str]:
     """pretrain_gpt, tiny, on the stream: validation every 3 steps, a checkpoint every 2."""
     return [
         "experiment=pretrain_gpt",
@@ -92,7 +92,7 @@ def overrides(corpus, steps: int = 6) -> list[str]:
         f"model.tokenizer.name_or_path={corpus / 'bpe'}",
         f"data.max_length={BLOCK}",
         "data.batch_size=4",
-        "trainer.max_epochs=null",  # as pretrain_gpt: steps decide
+        f"trainer.max_epochs={epochs or 'null'}",  # null: as pretrain_gpt, steps decide
         f"trainer.max_steps={steps}",
         "trainer.val_check_interval=3",
         "trainer.limit_val_batches=4",
@@ -113,15 +113,18 @@ def test_a_short_run_trains_on_the_stream(corpus, tmp_path):
     assert metrics["val/loss"] < float(first[2]) - 0.1  # it learns from the blocks
 
 
-def test_a_killed_run_resumes_at_the_batch_it_stopped(corpus, tmp_path):
+@pytest.mark.parametrize("epochs", [None, 1])
+def test_a_killed_run_resumes_at_the_batch_it_stopped(corpus, tmp_path, epochs):
     """Killed after batch 4 (its last checkpoint at step 4), re-run: the loader's state_dict,
-    saved by Lightning, continues at batch 5, so the run ends bit-identical."""
+    saved by Lightning, continues at batch 5, so the run ends bit-identical (also with
+    max_epochs set, where Lightning builds the loader before it loads the checkpoint)."""
     bench = load_benchmark()
-    train(compose(overrides(corpus), run_dir=str(tmp_path / "whole")))
+    args = overrides(corpus, epochs=epochs)
+    train(compose(args, run_dir=str(tmp_path / "whole")))
     kill = ["+callbacks.kill._target_=lmlab.checkpointing.KillAt", "+callbacks.kill.batch=4"]
     with pytest.raises(SimulatedKill):
-        train(compose([*overrides(corpus), *kill], run_dir=str(tmp_path / "killed")))
-    train(compose(overrides(corpus), run_dir=str(tmp_path / "killed")))
+        train(compose([*args, *kill], run_dir=str(tmp_path / "killed")))
+    train(compose(args, run_dir=str(tmp_path / "killed")))
     whole, resumed = bench.outcome(tmp_path / "whole"), bench.outcome(tmp_path / "killed")
     assert resumed["rows"] == whole["rows"] and resumed["hash"] == whole["hash"]
     assert ("train/loss", 5) in [row[:2] for row in resumed["rows"]]

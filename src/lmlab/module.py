@@ -73,6 +73,10 @@ class TaskModule(pl.LightningModule):
     def on_train_start(self) -> None:
         from lmlab.checkpointing import set_rng_states
 
+        # The training loader's position: Lightning restores it when it builds the loader after
+        # loading the checkpoint, but with max_epochs configure_optimizers built it before
+        # (estimated_stepping_batches), and the resumed run would start its epoch over.
+        self.trainer.fit_loop._load_combined_loader_states()  # a no-op once they are loaded
         state, self._resume_state = getattr(self, "_resume_state", {}), {}
         if "lmlab_rng_states" in state:
             set_rng_states(state["lmlab_rng_states"])
