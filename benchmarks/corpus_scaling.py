@@ -5,9 +5,9 @@ work. For each size, in a fresh cache:
 
 - first run: `lmlab-train experiment=pretrain_gpt data=<file> trainer.max_steps=2` (reading,
   fingerprinting, tokenizer training, tokenization, 2 steps): wall and peak RSS;
-- cache hit: the same command with trainer.max_steps=1: the time from the command to the
-  start of the first training step (startup.py's `FirstStep` callback writes it), the whole
-  process's wall and peak RSS.
+- cache hit, `--hits` times (3): the same command with trainer.max_steps=1: the time from
+  the command to the start of the first training step (startup.py's `FirstStep` callback
+  writes it) and the whole process's wall, medians; the largest peak RSS.
 
 Then the run's own trained tokenizer alone (Rust, `encode_batch_fast` on batches of 2,000
 documents, its threads on every core) on the corpus's first 10 MB: the ceiling of the
@@ -18,7 +18,7 @@ Both runs skip the validation at the start and evaluate 2 batches (trainer.limit
 children, i.e. the largest single process (the lmlab-train process or one of its packing
 workers). MB/s: corpus MB / first-run wall.
 
-    python benchmarks/corpus_scaling.py 6 200 2000 [--dir /tmp/corpora]
+    python benchmarks/corpus_scaling.py 6 200 2000 [--dir /tmp/corpora] [--hits 3]
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import argparse
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -84,6 +85,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("sizes", nargs="*", type=float, default=[6, 200, 2000])
     parser.add_argument("--dir", default=None, help="where corpora and caches go (temporary)")
+    parser.add_argument("--hits", type=int, default=3, help="cache hits per size (medians)")
     opts = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="corpus-scaling-", dir=opts.dir))
     exe = shutil.which("lmlab-train") or str(Path(sys.executable).parent / "lmlab-train")
@@ -98,19 +100,27 @@ def main() -> None:
             common = [exe, "experiment=pretrain_gpt", f"data={corpus}", "plots=false"]
             common += ["trainer.validate_at_start=false", "trainer.limit_val_batches=2"]
             first = run([*common, "trainer.max_steps=2"], env)[:2]
-            marker = base / "first_step"
-            callback = ["+callbacks.first_step._target_=startup.FirstStep"]
-            callback += [f"+callbacks.first_step.path={marker}"]
-            hit_wall, hit_rss, start = run([*common, *callback, "trainer.max_steps=1"], env)
-            first_step = float(marker.read_text().split()[0]) - start
-            marker.unlink()
-            hit = (first_step, hit_wall, hit_rss)
+            first_steps, walls, peaks = zip(
+                *(cache_hit(common, env, base) for _ in range(opts.hits))
+            )
+            hit = (statistics.median(first_steps), statistics.median(walls), max(peaks))
             rows.append((corpus.stat().st_size / 1e6, first, hit, tokenizer_speed(base, corpus)))
             corpus.unlink()
             shutil.rmtree(base / "cache", ignore_errors=True)
             print_table(rows)
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def cache_hit(common: list[str], env: dict, base: Path) -> tuple[float, float, float]:
+    """(first step s, wall s, peak RSS MiB) of one cache hit, trainer.max_steps=1."""
+    marker = base / "first_step"
+    callback = ["+callbacks.first_step._target_=startup.FirstStep"]
+    callback += [f"+callbacks.first_step.path={marker}"]
+    wall, rss, start = run([*common, *callback, "trainer.max_steps=1"], env)
+    first_step = float(marker.read_text().split()[0]) - start
+    marker.unlink()
+    return first_step, wall, rss
 
 
 def tokenizer_speed(base: Path, corpus: Path, megabytes: float = 10) -> float:
