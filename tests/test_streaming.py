@@ -24,6 +24,7 @@ from lmlab.build import compose, train  # noqa: E402
 from lmlab.checkpointing import SimulatedKill  # noqa: E402
 from lmlab.data import streaming  # noqa: E402
 from lmlab.errors import LmlabError  # noqa: E402
+from lmlab.run import evaluate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK = 32
@@ -111,6 +112,9 @@ def test_a_short_run_trains_on_the_stream(corpus, tmp_path):
     assert first[:2] == ("val/loss", 0)
     assert metrics["global_step"] == 6
     assert metrics["val/loss"] < float(first[2]) - 0.1  # it learns from the blocks
+    again = evaluate(tmp_path / "run")  # lmlab-eval: the trained model on the whole stream
+    assert again["examples"] == len(litdata.StreamingDataset(str(corpus / "blocks" / "valid")))
+    assert again["val/loss"] < float(first[2]) - 0.1
 
 
 @pytest.mark.parametrize("epochs", [None, 1])

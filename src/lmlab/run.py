@@ -356,9 +356,7 @@ def evaluate(
     """The metrics of the model at `path` (or `locate`'s answer) on `split`, logged as
     training logs them (val/<name> or test/<name>), plus the objective's non-numeric
     results. The data is loaded once, also for a checkpoint evaluated on its own data."""
-    from datasets import DatasetDict
-
-    from lmlab.data.datamodule import DataModule
+    from lmlab.experiment import datamodule_class
     from lmlab.module import TaskModule
 
     stored = path if isinstance(path, Stored) else locate(path)
@@ -370,8 +368,8 @@ def evaluate(
         if split not in data.raw:
             raise LmlabError(f"split={split}: the data has no {split} split (set data.{split})")
         trained = load_model(stored, cfg, data=data)
-        examples = DatasetDict({split: data.raw[split]})
-        datamodule = DataModule(
+        examples = {split: data.raw[split]}  # rows, or a stream of blocks (data.source=litdata)
+        datamodule = datamodule_class(cfg.data)(
             examples, data.fingerprint, trained.objective, cfg.data, cfg.paths.cache_dir
         )
         module = TaskModule(trained.model, trained.objective, cfg)
