@@ -160,30 +160,29 @@ def test_bad_input_is_one_line(corpus, tmp_path):
     assert other.startswith("data.source: litdata streams packed blocks, which objective Next")
 
 
-def test_a_dataset_without_input_ids_is_named(corpus, tmp_path):
-    litdata.optimize(
-        fn=texts_of, inputs=[0, 1], output_dir=str(tmp_path / "texts"), chunk_bytes="1MB",
-        num_workers=1, start_method=streaming.START_METHOD, verbose=False,
-    )  # fmt: skip
-    message = error_of([*overrides(corpus, 1), f"data.train={tmp_path / 'texts'}"], tmp_path)
-    assert message.startswith("data.train: items have no 'input_ids' (found: text)")
-
-
 def texts_of(index: int):
     yield {"text": f"document {index}"}
 
 
-def test_a_pickled_dataset_is_refused_before_any_item_is_read(corpus, tmp_path):
-    litdata.optimize(
-        fn=pickled_of, inputs=[0, 1], output_dir=str(tmp_path / "pickled"), chunk_bytes="1MB",
-        num_workers=1, start_method=streaming.START_METHOD, verbose=False,
-    )  # fmt: skip
-    message = error_of([*overrides(corpus, 1), f"data.train={tmp_path / 'pickled'}"], tmp_path)
-    assert message.startswith("data.train: items stored as 'pickle'; lmlab reads only plain data")
-
-
 def pickled_of(index: int):
     yield {"input_ids": Fraction(index, 3)}  # no serializer of its own: LitData pickles it
+
+
+@pytest.mark.parametrize(
+    "items, expected",
+    [
+        (texts_of, "data.train: items have no 'input_ids' (found: text)"),
+        # refused on its index.json, before any item is read
+        (pickled_of, "data.train: items stored as 'pickle'; lmlab reads only plain data"),
+    ],
+)
+def test_a_dataset_of_other_items_is_named(corpus, tmp_path, items, expected):
+    litdata.optimize(
+        fn=items, inputs=[0, 1], output_dir=str(tmp_path / "items"), chunk_bytes="1MB",
+        num_workers=1, start_method=streaming.START_METHOD, verbose=False,
+    )  # fmt: skip
+    message = error_of([*overrides(corpus, 1), f"data.train={tmp_path / 'items'}"], tmp_path)
+    assert message.startswith(expected)
 
 
 def test_the_optimize_command_fails_in_one_line(corpus, tmp_path, capsys):
