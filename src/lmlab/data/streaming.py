@@ -28,12 +28,11 @@ from pathlib import Path
 import numpy as np
 
 from lmlab.data.datamodule import DataModule, Rows, batch_seed
+from lmlab.data.sources.settings import SPLITS
 from lmlab.errors import LmlabError
 
 # litdata asks PyPI for a newer version whenever a dataset is opened (up to 30 s offline)
 os.environ.setdefault("LITDATA_DISABLE_VERSION_CHECK", "1")
-
-SPLITS = ("train", "validation", "test")
 
 
 def is_url(spec: str) -> bool:
@@ -147,10 +146,6 @@ class StreamingDataModule(DataModule):
     """The DataModule of data.source=litdata: the splits are LitData streams of blocks, read
     through StreamingDataLoader (no tokenizing, no cache of lmlab's)."""
 
-    def __init__(self, raw, fingerprint, objective, data_cfg, cache_dir):
-        super().__init__(raw, fingerprint, objective, data_cfg, cache_dir)
-        self.streams_cache = cache_dir
-
     def prepare_data(self) -> None:
         for split, dataset in self.raw.items():
             check_blocks(dataset, f"data.{split}", self.objective, self.cfg.max_length)
@@ -164,7 +159,8 @@ class StreamingDataModule(DataModule):
 
         spec, seed = getattr(self.cfg, split), self.objective.seed
         settings = {"shuffle": True, "drop_last": True} if shuffle else {}
-        dataset = open_dataset(spec, f"data.{split}", self.streams_cache, seed=seed, **settings)
+        cache_dir = self.cache_dir.parent  # paths.cache_dir (DataModule's is its datasets/)
+        dataset = open_dataset(spec, f"data.{split}", cache_dir, seed=seed, **settings)
         size = self.cfg.batch_size if shuffle else (self.cfg.eval_batch_size or self.cfg.batch_size)
         collate = self._seeded_collate if shuffle else self._fixed_collate
         return StreamingDataLoader(

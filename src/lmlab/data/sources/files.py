@@ -134,7 +134,6 @@ def _read_text(key, spec, paths, cfg, bad, cache_dir):
     cached by the files' path, size and mtime_ns (a later run reads none of the text); the
     identity holds each file's sha1, hashed while converting, so that a file touched or
     copied anew, with the same content, keeps the tokenizer and the tokenized data cached."""
-
     files = [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in paths]
     settings = [TEXT_CACHE_VERSION, files, cfg.documents, cfg.encoding, bad.skip]
     name = hashlib.sha1(json.dumps(settings).encode()).hexdigest()[:16]
