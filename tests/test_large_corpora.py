@@ -161,11 +161,6 @@ def test_packing_in_processes_leaves_no_pages_of_its_output_resident(
     assert all(ids[0] == 1 and len(ids) == 17 for ids in packed["input_ids"][:50])  # still read
 
 
-def resident_file_kib() -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("RssFile"))
-
-
 def resident_kib_of(paths) -> int:
     """This process's resident KiB of the memory-mapped files `paths`."""
     wanted, mapping, total = {os.path.realpath(p) for p in paths}, None, 0
@@ -191,14 +186,13 @@ def test_read_pages_of_a_mapped_corpus_are_released(tmp_path):
     path = tmp_path / "corpus.bin"
     path.write_bytes(os.urandom(1024) * 32 * 1024)  # 32 MiB
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-        before = resident_file_kib()
         checksum = sum(mapped[i] for i in range(0, len(mapped), 4096))  # every page
-        assert resident_file_kib() - before > 30_000
+        assert resident_kib_of([path]) > 30_000
         release_mapped_pages([path])
-        assert resident_file_kib() - before < 2_000
+        assert resident_kib_of([path]) < 2_000
         pages = (mapped[i] for i in range(0, len(mapped), 4096))
         assert sum(releasing(pages, [path], every=512)) == checksum  # the same bytes
-        assert resident_file_kib() - before < 2_000
+        assert resident_kib_of([path]) < 2_000
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="Linux's /proc: not here")
