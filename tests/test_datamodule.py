@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import datasets
 import numpy as np
+import pytest
 import torch
 
 from lmlab.data.datamodule import DataModule, LengthGroupedSampler, lengths, load, store
@@ -34,6 +35,22 @@ def test_length_grouped_batches_are_a_fresh_permutation_of_similar_lengths():
     assert second != first and sorted(map(tuple, second)) != sorted(map(tuple, first))
     other_seed = LengthGroupedSampler(sizes, batch_size=8, seed=4, window=10)
     assert batches(other_seed, 8) != first
+
+
+
+@pytest.mark.parametrize(
+    "sizes, expected",
+    [  # the orders of lmlab before this test: a change would alter every run's batches
+        ([5, 1, 9, 3, 3, 7, 2, 8, 6, 4, 1, 9, 2, 5, 7, 3, 8, 6],
+         [4, 12, 6, 1, 7, 16, 8, 0, 11, 2, 5, 14, 13, 9, 15, 10, 17, 3]),
+        ([4] * 18,  # packed blocks: one length, nothing sorted
+         [8, 0, 1, 16, 12, 7, 4, 6, 9, 10, 11, 15, 5, 2, 14, 13, 3, 17]),
+    ],
+)  # fmt: skip
+def test_the_length_grouped_order_is_stable_across_versions(sizes, expected):
+    sampler = LengthGroupedSampler(np.array(sizes), batch_size=4, seed=5, window=2)
+    sampler.set_epoch(1)
+    assert sampler.order().tolist() == expected
 
 
 class Collate:

@@ -99,6 +99,29 @@ def test_val_carve_deterministic_and_seeded(tmp_path):
     assert texts(a["validation"]) != texts(c["validation"])
 
 
+
+@pytest.mark.parametrize("view", ["plain", "selected", "formatted"])
+def test_select_rows_is_datasets_select(view):
+    """The carve's selection, which skips datasets' Python list of the rows, gives what
+    `select` gives: rows, fingerprint and format, on a dataset that is itself a selection."""
+    import datasets
+    import numpy as np
+
+    from lmlab.data.sources.splits import select_rows
+
+    ds = datasets.Dataset.from_dict({"text": [f"t{i}" for i in range(30)], "n": list(range(30))})
+    ds = {
+        "plain": ds,
+        "selected": ds.select([29, 3, 7, 11, 12, 20, 0]),
+        "formatted": ds.with_format("numpy", columns=["n"]),
+    }[view]
+    rows = np.array([0, 2, 3, 6])
+    ours, theirs = select_rows(ds, rows, "f1"), ds.select(rows, new_fingerprint="f1")
+    assert ours._fingerprint == theirs._fingerprint == "f1"
+    assert ours.format == theirs.format
+    assert str(ours[:]) == str(theirs[:]) and len(ours) == 4
+
+
 def test_val_carve_at_least_one_then_truncate(tmp_path):
     train = write(tmp_path / "t.txt", "\n".join(f"d{i}" for i in range(5)))
     data, _ = load_source(

@@ -192,15 +192,13 @@ class LengthGroupedSampler(Sampler[int]):
             return np.array([], dtype=np.int64)
         rng = np.random.default_rng([self.seed, self.epoch])
         order = rng.permutation(len(self.lengths))
-        span = self.batch_size * self.window
-        windows = [order[i : i + span] for i in range(0, len(order), span)]
-        ordered = np.concatenate([w[(-self.lengths[w]).argsort(kind="stable")] for w in windows])
-        batches = [
-            ordered[i : i + self.batch_size] for i in range(0, len(ordered), self.batch_size)
-        ]
-        last = [batches.pop()] if len(batches[-1]) < self.batch_size else []
-        shuffled = [batches[i] for i in rng.permutation(len(batches))] + last
-        return np.concatenate(shuffled)
+        if self.lengths.min() != self.lengths.max():  # (packed blocks: nothing to sort)
+            span = self.batch_size * self.window
+            windows = [order[i : i + span] for i in range(0, len(order), span)]
+            order = np.concatenate([w[(-self.lengths[w]).argsort(kind="stable")] for w in windows])
+        full = len(order) // self.batch_size * self.batch_size
+        batches = order[:full].reshape(-1, self.batch_size)
+        return np.concatenate([batches[rng.permutation(len(batches))].ravel(), order[full:]])
 
 
 def batch_seed(seed: int, epoch: int, batch: int) -> int:

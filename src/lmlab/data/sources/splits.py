@@ -59,9 +59,27 @@ def carve_rows(train, fraction, seed, group=None):
     order = np.random.default_rng([seed, zlib.crc32(b"carve")]).permutation(n)  # its own stream
     kept, held = np.sort(order[n_val:]), np.sort(order[:n_val])
     return (
-        train.select(kept, new_fingerprint=derive(train, "carve", fraction, seed, "train")),
-        train.select(held, new_fingerprint=derive(train, "carve", fraction, seed, "validation")),
+        select_rows(train, kept, derive(train, "carve", fraction, seed, "train")),
+        select_rows(train, held, derive(train, "carve", fraction, seed, "validation")),
     )
+
+
+def select_rows(ds, rows: np.ndarray, fingerprint: str):
+    """`ds.select(rows, new_fingerprint=fingerprint)` for an array of row numbers, the same
+    dataset, without the Python list of them that `select` builds (measured: 1 s and ~200 MB
+    of a cache hit for the 5.5M documents of a 2 GB corpus)."""
+    import pyarrow as pa
+    from datasets import Dataset
+    from datasets.table import InMemoryTable
+
+    index = pa.array(rows.astype(np.uint64, copy=False))
+    if ds._indices is not None:  # already a selection: rows of its rows
+        index = ds._indices.column(0).take(index)
+    table = InMemoryTable(pa.table({"indices": index}))
+    subset = Dataset(ds.data, ds.info.copy(), ds.split, table, fingerprint)
+    subset.set_format(**ds.format)
+    subset._fingerprint = fingerprint  # which set_format changed; select keeps the one given
+    return subset
 
 
 def carve_groups(train, fraction, seed, column):
