@@ -37,7 +37,6 @@ def test_length_grouped_batches_are_a_fresh_permutation_of_similar_lengths():
     assert batches(other_seed, 8) != first
 
 
-
 @pytest.mark.parametrize(
     "sizes, expected",
     [  # the orders of lmlab before this test: a change would alter every run's batches

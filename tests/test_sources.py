@@ -99,7 +99,6 @@ def test_val_carve_deterministic_and_seeded(tmp_path):
     assert texts(a["validation"]) != texts(c["validation"])
 
 
-
 @pytest.mark.parametrize("view", ["plain", "selected", "formatted"])
 def test_select_rows_is_datasets_select(view):
     """The carve's selection, which skips datasets' Python list of the rows, gives what
