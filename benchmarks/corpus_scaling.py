@@ -10,8 +10,10 @@ work. For each size, in a fresh cache:
   writes it) and the whole process's wall, medians; the largest peak RSS.
 
 Then the run's own trained tokenizer alone (Rust, `encode_batch_fast` on batches of 2,000
-documents, its threads on every core) on the corpus's first 10 MB: the ceiling of the
-tokenization's MB/s, whatever lmlab does around it.
+documents, as `pack` calls it) on one core, on the corpus's first 10 MB: times the cores,
+the ceiling of the tokenization's MB/s, whatever lmlab does around it (packing runs one
+single-threaded tokenizer per process; one tokenizer's own threads gain less: 4.6 MB/s on
+2 cores where one core does 3.6).
 
 Both runs skip the validation at the start and evaluate 2 batches (trainer.limit_val_batches=2:
 5% of a 2 GB corpus would take hours to evaluate); plots=false. Peak RSS: getrusage of the
@@ -124,7 +126,9 @@ def cache_hit(common: list[str], env: dict, base: Path) -> tuple[float, float, f
 
 
 def tokenizer_speed(base: Path, corpus: Path, megabytes: float = 10) -> float:
-    """MB/s of the trained tokenizer alone on the corpus's first `megabytes` MB."""
+    """MB/s of the trained tokenizer alone, on one core, on the corpus's first `megabytes`
+    MB."""
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread (read by every encode call)
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(next(base.glob("cache/tokenizers/*/tokenizer.json"))))
@@ -142,7 +146,8 @@ def print_table(rows) -> None:
     print(f"\n(load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, {os.cpu_count()} cores)")
     print(
         "| corpus | first run wall | MB/s | peak RSS "
-        "| cache hit: first step | cache hit wall | cache hit peak RSS | tokenizer alone MB/s |"
+        "| cache hit: first step | cache hit wall | cache hit peak RSS "
+        "| tokenizer alone, 1 core MB/s |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for mb, (wall, rss), (first_step, hit_wall, hit_rss), tokenizer in rows:
