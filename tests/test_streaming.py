@@ -197,6 +197,22 @@ def test_the_optimize_command_fails_in_one_line(corpus, tmp_path, capsys):
     ]
 
 
+def test_an_error_in_an_optimize_worker_is_one_line(corpus, tmp_path):
+    """An input too short for one block is found by a LitData worker, whose traceback the
+    parent turns into one line (the whole stderr), leaving no partial dataset."""
+    short = tmp_path / "short.txt"
+    short.write_text("too short for one block", encoding="utf-8")
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "lmlab.data.streaming", "optimize", str(short)]
+    command += ["--tokenizer", str(corpus / "bpe"), "--block-size", str(BLOCK), "--out", str(out)]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and not out.exists()
+    assert proc.stderr.strip().splitlines() == [
+        f"lmlab.data.streaming: error: --block-size: the corpus yields no full block of "
+        f"{BLOCK} tokens; use a smaller --block-size or more text (input '{short}')"
+    ]
+
+
 # ---------------------------------------------------------------- the documented commands
 
 DOC = ROOT / "docs" / "large_corpora.md"

@@ -15,11 +15,16 @@ the pretrained tokenizer the blocks were made with.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import functools
 import hashlib
 import json
 import multiprocessing
 import os
+import re
+import shutil
+import signal
 import sys
 import tempfile
 import zlib
@@ -227,7 +232,10 @@ def input_blocks(spec: str, tokenizer: str, packing: dict, documents: str, encod
     with tempfile.TemporaryDirectory(prefix="lmlab-optimize-") as scratch:
         splits, _ = load_files(cfg, False, scratch)
         texts = splits["train"][0]
-        blocks = pack(texts, load_tokenizer(tokenizer), **packing)
+        try:
+            blocks = pack(texts, load_tokenizer(tokenizer), **packing, option="--block-size")
+        except LmlabError as e:  # raised in a LitData worker: the parent reports it
+            raise LmlabError(f"{e} (input {spec!r})") from None
         for batch in blocks.with_format("numpy").iter(batch_size=1024):
             for ids in batch["input_ids"]:
                 yield {"input_ids": ids.astype(np.int32)}
@@ -258,18 +266,66 @@ def optimize_corpus(
     fn = functools.partial(
         input_blocks, tokenizer=tokenizer, packing=packing, documents=documents, encoding=encoding
     )
-    optimize(
-        fn=fn,
-        inputs=list(inputs),
-        output_dir=out,
-        chunk_bytes=chunk_bytes,
-        num_workers=num_workers,
-        reorder_files=False,
-        keep_data_ordered=True,
-        start_method=START_METHOD,
-        verbose=False,
-    )
+    made = not is_url(out) and not Path(out).exists()
+    try:
+        with killing_orphans_on_error():
+            optimize(
+                fn=fn,
+                inputs=list(inputs),
+                output_dir=out,
+                chunk_bytes=chunk_bytes,
+                num_workers=num_workers,
+                reorder_files=False,
+                keep_data_ordered=True,
+                start_method=START_METHOD,
+                verbose=False,
+            )
+    except RuntimeError as e:  # a worker's error: LitData passes on its traceback as text
+        if made:  # no chunks left looking like a dataset
+            shutil.rmtree(out, ignore_errors=True)
+        raised = re.findall(r"^lmlab\.errors\.LmlabError: (.*)$", str(e), re.M)
+        if not raised:
+            raise
+        raise LmlabError(raised[-1]) from None
     return len(StreamingDataset(out))
+
+
+PR_SET_CHILD_SUBREAPER = 36  # prctl(2), Linux
+
+
+@contextlib.contextmanager
+def killing_orphans_on_error():
+    """If the block raises, kills the processes it left behind: a LitData worker terminated
+    after an error leaves its file-remover process waiting forever, holding the caller's
+    stdout and stderr open (a pipe never ends). On Linux this process adopts its orphaned
+    descendants meanwhile (a child subreaper), so it can find them; elsewhere it does not."""
+    prctl = getattr(ctypes.CDLL(None), "prctl", None) if sys.platform == "linux" else None
+    if prctl is None or prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        yield
+        return
+    before = children()
+    try:
+        yield
+    except BaseException:
+        while left := children() - before:  # a child's children are adopted when it ends
+            for pid in left:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+                with contextlib.suppress(OSError):
+                    os.waitpid(pid, 0)
+        raise
+    finally:
+        prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+
+
+def children() -> set[int]:
+    """The pids of this process's children, from /proc."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == os.getpid():
+                found.add(int(stat.parent.name))
+    return found
 
 
 def check_input(spec: str) -> None:
@@ -306,7 +362,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
+    import datasets
+
     args = parse(sys.argv[1:] if argv is None else argv)
+    datasets.disable_progress_bars()  # pack's Map bars, one per input: errors stay one line
     settings = {k: v for k, v in vars(args).items() if k != "command"}
     try:
         blocks = optimize_corpus(**settings)

@@ -170,19 +170,23 @@ def unique(records: list[dict]) -> list[dict]:
 PARALLEL_MB, PACK_PROCESSES = 32, 2
 
 
-def pack(dataset, tokenizer, block_size: int, separator_id: int, prefix=(), suffix=()):
+def pack(
+    dataset, tokenizer, block_size: int, separator_id: int, prefix=(), suffix=(),
+    option: str = "data.max_length",
+):  # fmt: skip
     """Tokenizes documents and packs them, a separator after each, into full blocks of
     `block_size` tokens (no padding), each block between the ids `prefix` and `suffix` (such
     as [CLS] ... [SEP]). Batches of 2000 documents are packed apart (the tail of each is
     dropped); the blocks are written to disk as they come (memory does not grow with the
-    corpus), as int32, without a Python int per token."""
+    corpus), as int32, without a Python int per token. Errors name `option`, the setting
+    that sets the block size."""
     import pyarrow as pa
     from datasets import Features, List, Value
 
     from lmlab.data.sources.splits import data_mb
 
     if block_size < 2:
-        raise LmlabError(f"data.max_length: {block_size} leaves no room for text")
+        raise LmlabError(f"{option}: {block_size} leaves no room for text")
     backend = tokenizer.backend_tokenizer  # the Rust tokenizer: ids without offsets
     sources = [f["filename"] for f in dataset.cache_files]  # the corpus, memory-mapped
 
@@ -213,8 +217,8 @@ def pack(dataset, tokenizer, block_size: int, separator_id: int, prefix=(), suff
     release_mapped_pages(f["filename"] for f in packed.cache_files)
     if len(packed) == 0:
         raise LmlabError(
-            f"data.max_length: the corpus yields no full block of {block_size} tokens; "
-            "use a smaller max_length or more text"
+            f"{option}: the corpus yields no full block of {block_size} tokens; "
+            f"use a smaller {option} or more text"
         )
     return packed
 
