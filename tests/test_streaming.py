@@ -117,6 +117,28 @@ def test_a_short_run_trains_on_the_stream(corpus, tmp_path):
     assert again["val/loss"] < float(first[2]) - 0.1
 
 
+
+def test_mlm_trains_on_a_stream_of_its_blocks(corpus, tmp_path):
+    """objective=mlm on [CLS] ... [SEP] blocks of the WordPiece tokenizer: masks are drawn
+    per batch from the stream's blocks, and the model learns from them."""
+    streams = {}
+    for split in ("train", "valid"):
+        streams[split] = tmp_path / split
+        streaming.optimize_corpus(
+            [str(corpus / f"{split}.txt")], str(corpus / "wordpiece"), str(streams[split]),
+            "mlm", BLOCK,
+        )  # fmt: skip
+    replaced = ("experiment=", "++", "objective.", "data.train=", "data.validation=", "model.")
+    args = [o for o in overrides(corpus, steps=9) if not o.startswith(replaced)]
+    args += ["experiment=pretrain_mlm", *TINY_ARCH["bert"], "objective.lr=3e-3"]
+    args += [f"data.train={streams['train']}", f"data.validation={streams['valid']}"]
+    args += [f"model.tokenizer.name_or_path={corpus / 'wordpiece'}"]
+    metrics = train(compose(args, run_dir=str(tmp_path / "run")))
+    first = load_benchmark().outcome(tmp_path / "run")["rows"][0]
+    assert first[:2] == ("val/loss", 0) and metrics["global_step"] == 9
+    assert metrics["val/loss"] < float(first[2]) - 0.1
+
+
 @pytest.mark.parametrize("epochs", [None, 1])
 def test_a_killed_run_resumes_at_the_batch_it_stopped(corpus, tmp_path, epochs):
     """Killed after batch 4 (its last checkpoint at step 4), re-run: the loader's state_dict,
