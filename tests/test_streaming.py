@@ -117,7 +117,6 @@ def test_a_short_run_trains_on_the_stream(corpus, tmp_path):
     assert again["val/loss"] < float(first[2]) - 0.1
 
 
-
 def test_mlm_trains_on_a_stream_of_its_blocks(corpus, tmp_path):
     """objective=mlm on [CLS] ... [SEP] blocks of the WordPiece tokenizer: masks are drawn
     per batch from the stream's blocks, and the model learns from them."""
