@@ -280,11 +280,12 @@ def optimize_corpus(
                 start_method=START_METHOD,
                 verbose=False,
             )
-    except RuntimeError as e:  # a worker's error: LitData passes on its traceback as text
+    except BaseException as e:
         if made:  # no chunks left looking like a dataset
             shutil.rmtree(out, ignore_errors=True)
+        # a worker's error: LitData raises a RuntimeError holding its traceback as text
         raised = re.findall(r"^lmlab\.errors\.LmlabError: (.*)$", str(e), re.M)
-        if not raised:
+        if not isinstance(e, RuntimeError) or not raised:
             raise
         raise LmlabError(raised[-1]) from None
     return len(StreamingDataset(out))
