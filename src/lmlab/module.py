@@ -50,11 +50,12 @@ class TaskModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """What Lightning leaves out of a checkpoint but decides the rest of the training: the
-        RNG states (dropout; Python, NumPy, torch, CUDA) and, saved mid gradient accumulation,
-        the gradients accumulated so far."""
+        RNG states (dropout; Python, NumPy, torch, CUDA) of every process, in process order
+        (their draws differ where their batches' shapes do), and, saved mid gradient
+        accumulation, the gradients accumulated so far (this process's)."""
         from lmlab.checkpointing import rng_states
 
-        checkpoint["lmlab_rng_states"] = rng_states()
+        checkpoint["lmlab_rng_states"] = gather([rng_states()])  # on every process: collective
         if getattr(self, "identity", None):  # what check_resume compares a re-run with
             checkpoint["lmlab_identity"] = self.identity
         if self._trainer is not None and self.trainer.fit_loop._should_accumulate():
@@ -79,7 +80,7 @@ class TaskModule(pl.LightningModule):
         self.trainer.fit_loop._load_combined_loader_states()  # a no-op once they are loaded
         state, self._resume_state = getattr(self, "_resume_state", {}), {}
         if "lmlab_rng_states" in state:
-            set_rng_states(state["lmlab_rng_states"])
+            set_rng_states(own_rng_states(state["lmlab_rng_states"], self.trainer))
         parameters = dict(self.named_parameters())
         for name, grad in state.get("lmlab_accumulated_grads", {}).items():
             parameters[name].grad = grad.to(parameters[name].device)
@@ -245,6 +246,14 @@ def parameter_groups(model: nn.Module, optim) -> list[dict]:
         )
         group["params"].append(param)
     return [groups[key] for key in sorted(groups)]
+
+
+def own_rng_states(saved, trainer) -> dict:
+    """This process's RNG states from a checkpoint's: its own where the checkpoint has one per
+    process of this run's count, else the first process's (older checkpoints hold one)."""
+    if isinstance(saved, dict):
+        return saved
+    return saved[trainer.global_rank] if len(saved) == trainer.world_size else saved[0]
 
 
 def gather(records: list) -> list:
