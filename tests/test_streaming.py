@@ -82,7 +82,7 @@ def test_optimized_blocks_are_packs_blocks(corpus, tmp_path):
     assert set(mlm[:, 0]) == {2} and set(mlm[:, -1]) == {3}  # [CLS] ... [SEP]
 
 
-def overrides(corpus, steps: int = 6, epochs: int | None = None) -> list[str]:
+def overrides(corpus, steps: int = 6, epochs: int | None = None, workers: int = 0) -> list[str]:
     """pretrain_gpt, tiny, on the stream: validation every 3 steps, a checkpoint every 2."""
     return [
         "experiment=pretrain_gpt",
@@ -93,6 +93,7 @@ def overrides(corpus, steps: int = 6, epochs: int | None = None) -> list[str]:
         f"model.tokenizer.name_or_path={corpus / 'bpe'}",
         f"data.max_length={BLOCK}",
         "data.batch_size=4",
+        f"data.num_workers={workers}",
         f"trainer.max_epochs={epochs or 'null'}",  # null: as pretrain_gpt, steps decide
         f"trainer.max_steps={steps}",
         "trainer.val_check_interval=3",
@@ -138,13 +139,14 @@ def test_mlm_trains_on_a_stream_of_its_blocks(corpus, tmp_path):
     assert metrics["val/loss"] < float(first[2]) - 0.1
 
 
-@pytest.mark.parametrize("epochs", [None, 1])
-def test_a_killed_run_resumes_at_the_batch_it_stopped(corpus, tmp_path, epochs):
+@pytest.mark.parametrize("epochs, workers", [(None, 0), (1, 0), (None, 2)])
+def test_a_killed_run_resumes_at_the_batch_it_stopped(corpus, tmp_path, epochs, workers):
     """Killed after batch 4 (its last checkpoint at step 4), re-run: the loader's state_dict,
     saved by Lightning, continues at batch 5, so the run ends bit-identical (also with
-    max_epochs set, where Lightning builds the loader before it loads the checkpoint)."""
+    max_epochs set, where Lightning builds the loader before it loads the checkpoint, and
+    with LitData's loader reading in 2 worker processes)."""
     bench = load_benchmark()
-    args = overrides(corpus, epochs=epochs)
+    args = overrides(corpus, epochs=epochs, workers=workers)
     train(compose(args, run_dir=str(tmp_path / "whole")))
     kill = ["+callbacks.kill._target_=lmlab.checkpointing.KillAt", "+callbacks.kill.batch=4"]
     with pytest.raises(SimulatedKill):
