@@ -280,6 +280,7 @@ def test_a_killed_ddp_fine_tune_resumes_bit_identical(tmp_path, lmlab_cache_dir)
         proc = lmlab_train([*args, *extra, f"paths.run_dir={runs[name]}"], tmp_path, output,
                            lmlab_cache_dir)  # fmt: skip
         assert proc.returncode == (-9 if extra else 0), proc.stderr[-3000:]
+    assert "resuming from" in proc.stdout  # the re-run continued the killed one
     whole, resumed = bench.outcome(runs["whole"]), bench.outcome(runs["killed"])
     assert resumed["step"] == whole["step"] == 12
     assert resumed["rows"] == whole["rows"] and resumed["hash"] == whole["hash"]
