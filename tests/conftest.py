@@ -18,6 +18,20 @@ def load_benchmark(name: str = "resume_exact"):
     return module
 
 
+def killed_and_rerun(launch, args: list[str], batch: int, root: Path) -> tuple[dict, dict]:
+    """The outcomes (resume_exact's) of `args` run whole and of `args` killed by SIGKILL
+    after `batch` (every process kills itself: also under DDP) then re-run, each run dir
+    under `root`. `launch(overrides)` runs lmlab-train and returns its CompletedProcess."""
+    bench = load_benchmark()
+    kill = [f"+callbacks.kill._target_={bench.KILL_AT}", f"+callbacks.kill.batch={batch}"]
+    kill.append("+callbacks.kill.how=sigkill")
+    for name, extra in (("whole", []), ("killed", kill), ("killed", [])):
+        proc = launch([*args, *extra, f"paths.run_dir={root / name}"])
+        assert proc.returncode == (-9 if extra else 0), proc.stderr[-3000:]
+    assert "resuming from" in proc.stdout  # the re-run continued the killed one
+    return bench.outcome(root / "whole"), bench.outcome(root / "killed")
+
+
 # ---------------------------------------------------------------- tiny tokenizers
 # Used by test_objectives.py and test_tokenizers.py: a WordPiece (BERT) and a byte-level BPE
 # (GPT-2) tokenizer trained in-process on a few hand-written documents. Training is

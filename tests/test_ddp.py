@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
-from conftest import load_benchmark
+from conftest import killed_and_rerun, load_benchmark
 
 from lmlab.build import compose, train
 from lmlab.errors import LmlabError
@@ -272,16 +272,11 @@ def test_a_killed_ddp_fine_tune_resumes_bit_identical(tmp_path, lmlab_cache_dir)
     bench = load_benchmark()
     args = bench.overrides("classification", 0, bench.write_data(tmp_path))
     args += ["trainer=ddp", "trainer.devices=2", "plots=false"]
-    kill = ["+callbacks.kill._target_=lmlab.checkpointing.KillAt", "+callbacks.kill.batch=7"]
-    kill.append("+callbacks.kill.how=sigkill")
-    output, runs = tmp_path / "outputs", {}
-    for name, extra in (("whole", []), ("killed", kill), ("killed", [])):
-        runs[name] = tmp_path / name
-        proc = lmlab_train([*args, *extra, f"paths.run_dir={runs[name]}"], tmp_path, output,
-                           lmlab_cache_dir)  # fmt: skip
-        assert proc.returncode == (-9 if extra else 0), proc.stderr[-3000:]
-    assert "resuming from" in proc.stdout  # the re-run continued the killed one
-    whole, resumed = bench.outcome(runs["whole"]), bench.outcome(runs["killed"])
+    output = tmp_path / "outputs"
+    whole, resumed = killed_and_rerun(
+        lambda overrides: lmlab_train(overrides, tmp_path, output, lmlab_cache_dir),
+        args, 7, tmp_path,
+    )  # fmt: skip
     assert resumed["step"] == whole["step"] == 12
     assert resumed["rows"] == whole["rows"] and resumed["hash"] == whole["hash"]
 
